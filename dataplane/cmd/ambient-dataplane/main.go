@@ -1,0 +1,49 @@
+// Command ambient-dataplane is the one binary of the mesh data plane: the node proxy, the waypoint, the
+// compact xDS server with the certificate authority, and the CNI plugin / node agent.
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ambient-dev/ambient-operator/dataplane/version"
+)
+
+func main() {
+	if err := newRootCommand().Execute(); err != nil {
+		os.Exit(1)
+	}
+}
+
+func newRootCommand() *cobra.Command {
+	root := &cobra.Command{
+		Use:   "ambient-dataplane",
+		Short: "The ambient mesh data plane: node proxy, waypoint, xDS server and CA, CNI agent",
+		Long: `ambient-dataplane runs one role of the sidecar-less mesh data plane.
+
+The operator starts it with the right subcommand and flags; every port and path is a flag so that
+tests and local runs can move them.`,
+		SilenceUsage: true,
+	}
+	root.AddCommand(newVersionCommand())
+	return root
+}
+
+func newVersionCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the version of this build",
+		Args:  cobra.NoArgs,
+		Run: func(cmd *cobra.Command, _ []string) {
+			commit := version.GitCommit()
+			if commit == "" {
+				commit = "unknown"
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "ambient-dataplane %s (commit %s, %s, %s/%s)\n",
+				version.Version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+		},
+	}
+}
