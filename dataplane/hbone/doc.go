@@ -1,0 +1,17 @@
+// Package hbone implements HBONE, the wire between mesh proxies: HTTP/2 CONNECT tunnels over mutual
+// TLS 1.3 on port 15008, wire-compatible with Istio's HBONE (ztunnel).
+//
+// The server side ([Server]) terminates mTLS, verifies the client's SPIFFE identity against the trust
+// bundle, and hands every CONNECT stream to a [Handler] that authorizes it and dials the upstream. It
+// answers 200 only after both succeeded, then relays bytes with half-close carried through.
+//
+// The client side ([Pool]) keeps HTTP/2 connections per (source identity, destination identity,
+// destination address), at most [DefaultMaxStreamsPerConn] streams each, and returns every tunnel as a
+// [net.Conn] whose CloseWrite ends the request body (END_STREAM).
+//
+// [Pipe] relays bytes between two connections in both directions with half-close; the proxies use it
+// for every connection.
+//
+// Flow control is fixed by the design: stream window 4 MiB, connection window 16 MiB, largest frame
+// 1 MiB, on both sides. Idle connections are probed with PING on both sides.
+package hbone
