@@ -191,4 +191,3 @@ func echo(c *net.TCPConn) {
 	}
 	_, _ = io.Copy(io.Discard, c)
 }
-

@@ -232,7 +232,7 @@ func TestClientAbortMidStream(t *testing.T) {
 			}
 		}
 	}()
-	time.Sleep(50 * time.Millisecond) // let data flow
+	time.Sleep(50 * time.Millisecond)    // let data flow
 	g.Expect(pool.Close()).To(Succeed()) // closes the TCP connection under the stream.
 	g.Eventually(writing).Should(Receive(HaveOccurred()))
 	g.Eventually(upstreamDone).Should(Receive(BeNumerically(">", 0)))
