@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"net"
+	"runtime"
 	"testing"
 )
 
@@ -136,4 +137,43 @@ func startRelay(b *testing.B, target string) string {
 	}()
 	b.Cleanup(func() { _ = ln.Close(); <-done })
 	return ln.Addr().String()
+}
+
+// BenchmarkIdleTunnelMemory reports the heap and stack held per open idle tunnel, client, server and
+// upstream together (all in this process), as "heap-B/tunnel" and "stack-B/tunnel".
+func BenchmarkIdleTunnelMemory(b *testing.B) {
+	signer := newSigner(b, trustDomain)
+	upstream := startUpstream(b, hold)
+	srv := startServer(b, signer, nil)
+	pool := newTestPool(b, signer, nil)
+	first, err := pool.Connect(context.Background(), srv.key(), upstream, nil) // dial outside the measurement
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer first.Close()
+	const n = DefaultMaxStreamsPerConn - 1
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.GC() // twice: empties the sync.Pools, whose buffers the previous round returned.
+		runtime.ReadMemStats(&before)
+		conns := make([]net.Conn, 0, n)
+		for range n {
+			c, err := pool.Connect(context.Background(), srv.key(), upstream, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if _, err := c.Write([]byte("x")); err != nil {
+				b.Fatal(err)
+			}
+			conns = append(conns, c)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(int64(after.HeapInuse)-int64(before.HeapInuse))/n, "heap-B/tunnel")    //nolint:gosec // G115: memory sizes fit.
+		b.ReportMetric(float64(int64(after.StackInuse)-int64(before.StackInuse))/n, "stack-B/tunnel") //nolint:gosec // G115: memory sizes fit.
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}
 }
