@@ -17,6 +17,8 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	ambientv1alpha1 "github.com/ambient-dev/ambient-operator/api/v1alpha1"
+	"github.com/ambient-dev/ambient-operator/controllers"
+	"github.com/ambient-dev/ambient-operator/controllers/render"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -28,11 +30,13 @@ func main() {
 		probeAddr      string
 		leaderElection bool
 		secureMetrics  bool
+		registry       string
 	)
 	flag.StringVar(&metricsAddr, "metrics-bind-address", ":8443", "Address of the metrics endpoint; 0 disables it.")
 	flag.StringVar(&probeAddr, "health-probe-bind-address", ":8081", "Address of the health and readiness probes.")
 	flag.BoolVar(&leaderElection, "leader-elect", false, "Elect a leader so that only one replica reconciles.")
 	flag.BoolVar(&secureMetrics, "metrics-secure", true, "Serve metrics over HTTPS with authentication and authorization.")
+	flag.StringVar(&registry, "dataplane-registry", render.DefaultRegistry, "Registry of the data-plane images of the versions this operator supports.")
 	opts := zap.Options{}
 	opts.BindFlags(flag.CommandLine)
 	flag.Parse()
@@ -51,6 +55,7 @@ func main() {
 	}
 	mgr, err := ctrl.NewManager(ctrl.GetConfigOrDie(), ctrl.Options{
 		Scheme:                 scheme,
+		Cache:                  controllers.CacheOptions(),
 		Metrics:                metricsOpts,
 		HealthProbeBindAddress: probeAddr,
 		LeaderElection:         leaderElection,
@@ -60,6 +65,12 @@ func main() {
 		log.Error(err, "Unable to create the manager")
 		os.Exit(1)
 	}
+	gatewayAPI, err := controllers.Setup(mgr, controllers.Options{Registry: registry})
+	if err != nil {
+		log.Error(err, "Unable to set up the controllers")
+		os.Exit(1)
+	}
+	log.Info("Controllers ready", "gatewayAPI", gatewayAPI, "dataplaneRegistry", registry)
 	if err := mgr.AddHealthzCheck("healthz", healthz.Ping); err != nil {
 		log.Error(err, "Unable to add the health check")
 		os.Exit(1)

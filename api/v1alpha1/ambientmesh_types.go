@@ -333,8 +333,11 @@ const (
 
 // RolloutStatus is the state of the current (or last) version rollout.
 type RolloutStatus struct {
-	// phase of the rollout.
+	// phase of the rollout: Installing, XDS, NodeProxy, Waypoints, Stalled, or Idle when done.
 	Phase RolloutPhase `json:"phase"`
+	// stage is the stage the rollout is in, or stopped at when Stalled.
+	// +optional
+	Stage RolloutPhase `json:"stage,omitempty"`
 	// fromVersion is the version the mesh ran before this rollout.
 	// +optional
 	FromVersion string `json:"fromVersion,omitempty"`
