@@ -23,6 +23,7 @@ KUSTOMIZE_VERSION ?= v5.8.2
 PROTOC_GEN_GO_VERSION ?= v1.36.12
 PROTOC_GEN_GO_GRPC_VERSION ?= v1.6.2
 OPERATOR_FRAMEWORK_API_VERSION ?= v0.36.0
+ISTIO_API_VERSION ?= v1.31.1
 
 CONTROLLER_GEN := $(LOCALBIN)/controller-gen-$(CONTROLLER_GEN_VERSION)
 GOLANGCI_LINT := $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
@@ -59,6 +60,10 @@ manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from the markers in api/ 
 	@# The Gateway API CRDs our Gateway support is tested against, copied from the pinned module.
 	@mkdir -p config/crd/external; gw=$$(go list -m -f '{{.Dir}}' sigs.k8s.io/gateway-api); \
 	for f in gatewayclasses gateways; do install -m 0644 $$gw/config/crd/standard/gateway.networking.k8s.io_$$f.yaml config/crd/external/; done
+	@# Istio's AuthorizationPolicy CRD, whose L4 subset the xDS server translates, from the pinned istio.io/api.
+	@istio=$$(go mod download -json istio.io/api@$(ISTIO_API_VERSION) | sed -n 's/.*"Dir": "\(.*\)",*/\1/p'); \
+	awk 'BEGIN { RS = "\n---\n" } /name: authorizationpolicies.security.istio.io/ { print; exit }' \
+		$$istio/kubernetes/customresourcedefinitions.gen.yaml > config/crd/external/security.istio.io_authorizationpolicies.yaml
 
 .PHONY: fmt
 fmt: ## Format the Go code of both modules.
