@@ -34,12 +34,16 @@ const (
 )
 
 // PoolKey identifies the HTTP/2 connections that may carry a stream: the tunnel carries the Source
-// workload's identity, the server must present Destination's, and Address is the HBONE endpoint
-// (podIP:15008).
+// identity (the source workload's own certificate) to the Destination identity at Address. Origin is the
+// address of the source workload the tunnel is opened for: connections are never shared between two pods,
+// even of the same identity, because the peer sees the connection's source address. Dial receives the key
+// and opens the connection from the origin (its network namespace, its address); the zero Origin means
+// "any".
 type PoolKey struct {
 	Source      identity.Identity
 	Destination identity.Identity
 	Address     netip.AddrPort
+	Origin      netip.Addr
 }
 
 // PoolConfig configures a [Pool]. GetClientCertificate and Roots are required.
@@ -48,9 +52,9 @@ type PoolConfig struct {
 	GetClientCertificate func(src identity.Identity) (*tls.Certificate, error)
 	// Roots returns the trust bundle; it is called for every handshake.
 	Roots func() *x509.CertPool
-	// Dial opens the TCP connection; default a net.Dialer. The node proxy passes one that dials from
-	// a pod's network namespace or sets SO_MARK.
-	Dial func(ctx context.Context, network, addr string) (net.Conn, error)
+	// Dial opens the TCP connection to key.Address; default a net.Dialer. The node proxy passes one
+	// that dials from the origin pod's network namespace and address, and sets SO_MARK.
+	Dial func(ctx context.Context, key PoolKey) (net.Conn, error)
 	// MaxStreamsPerConn; default [DefaultMaxStreamsPerConn].
 	MaxStreamsPerConn int
 	// IdleTimeout: a connection without streams for this long is closed; default
@@ -110,7 +114,9 @@ func NewPool(cfg PoolConfig) *Pool {
 		panic("hbone.NewPool: GetClientCertificate and Roots are required")
 	}
 	if cfg.Dial == nil {
-		cfg.Dial = (&net.Dialer{}).DialContext
+		cfg.Dial = func(ctx context.Context, key PoolKey) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, "tcp", key.Address.String())
+		}
 	}
 	if cfg.MaxStreamsPerConn <= 0 {
 		cfg.MaxStreamsPerConn = DefaultMaxStreamsPerConn
@@ -298,7 +304,7 @@ func (p *Pool) dial(key PoolKey, d *dialCall) {
 
 // newConn dials, handshakes and starts HTTP/2 for key.
 func (p *Pool) newConn(ctx context.Context, key PoolKey) (*poolConn, error) {
-	raw, err := p.cfg.Dial(ctx, "tcp", key.Address.String())
+	raw, err := p.cfg.Dial(ctx, key)
 	if err != nil {
 		return nil, fmt.Errorf("hbone: dial %s: %w", key.Address, err)
 	}

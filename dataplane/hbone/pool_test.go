@@ -134,9 +134,9 @@ func TestShutdownDrainsAndGoAway(t *testing.T) {
 	a1, a2 := srv1.addr.String(), srv2.addr.String()
 	target.Store(&a1)
 	pool := newTestPool(t, signer, func(c *PoolConfig) {
-		c.Dial = func(ctx context.Context, network, _ string) (net.Conn, error) {
+		c.Dial = func(ctx context.Context, _ PoolKey) (net.Conn, error) {
 			var d net.Dialer
-			return d.DialContext(ctx, network, *target.Load())
+			return d.DialContext(ctx, "tcp", *target.Load())
 		}
 	})
 	key := srv1.key()
