@@ -29,6 +29,7 @@ tests and local runs can move them.`,
 		SilenceUsage: true,
 	}
 	root.AddCommand(newVersionCommand())
+	addProxyCommands(root)
 	return root
 }
 

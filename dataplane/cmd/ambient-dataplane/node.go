@@ -1,0 +1,63 @@
+package main
+
+import (
+	"context"
+	"errors"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ambient-dev/ambient-operator/dataplane/proxy"
+)
+
+func newNodeCommand() *cobra.Command {
+	f := &proxyFlags{}
+	var nodeName, cniSocket string
+	cmd := &cobra.Command{
+		Use:   "node",
+		Short: "Run the node proxy (ztunnel role) for the workloads of this node",
+		Long: `node runs the per-node proxy: it captures the traffic of the enrolled pods of its node, tunnels it
+over HBONE (mutual TLS with each pod's own identity) to the destination's node proxy or waypoint, and
+authorizes what arrives for its pods.
+
+Without a control plane, --config, --cert-dir and --root-cert configure it, and each local workload's
+listeners bind the workload's address in the proxy's own network namespace.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if nodeName == "" {
+				return errors.New("--node-name (or $NODE_NAME) is required")
+			}
+			ctx, cancel := context.WithCancel(cmd.Context())
+			defer cancel()
+			rt, err := newProxyRuntime(ctx, f, "node-proxy")
+			if err != nil {
+				return err
+			}
+			network, err := rt.nodeNetwork(ctx, cniSocket)
+			if err != nil {
+				return err
+			}
+			p, err := proxy.New(proxy.Config{
+				Mode: proxy.NodeMode, Node: nodeName,
+				Store: rt.store, Certs: rt.certs, Network: network, Ports: f.ports,
+				Log: rt.log, Metrics: rt.metrics, AccessLog: rt.access, Ready: rt.ready,
+				ConnectTimeout: f.connectTimeout,
+			})
+			if err != nil {
+				return err
+			}
+			return rt.serve(ctx, p)
+		},
+	}
+	f.register(cmd.Flags())
+	cmd.Flags().StringVar(&nodeName, "node-name", envOr("NODE_NAME", ""), "Name of this node: the proxy serves the workloads scheduled on it.")
+	cmd.Flags().StringVar(&cniSocket, "cni-socket", "", "Unix socket of the node agent that reports pod network namespaces (in-pod redirection). Empty: workloads live in this network namespace.")
+	return cmd
+}
+
+// nodeNetwork chooses where local workloads' sockets live.
+func (rt *proxyRuntime) nodeNetwork(_ context.Context, cniSocket string) (proxy.Network, error) {
+	if cniSocket != "" {
+		return nil, errors.New("--cni-socket: in-pod redirection is not available in this build; run without it")
+	}
+	return proxy.LocalNetwork{Mark: rt.flags.mark}, nil
+}
