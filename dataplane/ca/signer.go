@@ -1,6 +1,7 @@
 // Package ca is the mesh's certificate authority: it generates the root, signs workload CSRs with
-// SPIFFE URI SANs (ECDSA P-256), and (in server.go) serves CertificateService over gRPC, authenticating
-// callers with Kubernetes TokenReview.
+// SPIFFE URI SANs (ECDSA P-256), serves CertificateService over gRPC, authenticating callers with
+// Kubernetes TokenReview and authorizing them by the pods on their node (server.go, auth.go), and holds
+// the proxies' client of that service, a certs.Provider that fetches and renews certificates (client.go).
 package ca
 
 import (
@@ -15,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"math/big"
+	"net"
 	"net/url"
 	"time"
 
@@ -128,6 +130,15 @@ func ParseCSR(csrPEM []byte) (*x509.CertificateRequest, identity.Identity, error
 // Sign issues a workload certificate for the CSR's public key and identity, valid for ttl, usable for both
 // TLS client and server authentication. It returns the PEM chain: the leaf, then the signer's certificate.
 func (s *Signer) Sign(csr *x509.CertificateRequest, id identity.Identity, ttl time.Duration) ([]byte, error) {
+	return s.sign(csr.PublicKey, id, nil, nil, ttl)
+}
+
+// NotAfter is the expiry of the CA certificate; no certificate it signs outlives it.
+func (s *Signer) NotAfter() time.Time { return s.cert.NotAfter }
+
+// sign issues a certificate for a public key with the identity as its URI SAN and optional DNS and IP
+// SANs (the CA's own serving certificate), and returns the PEM chain: leaf, then the signer's certificate.
+func (s *Signer) sign(pub any, id identity.Identity, dnsNames []string, ips []net.IP, ttl time.Duration) ([]byte, error) {
 	serial, err := newSerial()
 	if err != nil {
 		return nil, err
@@ -146,8 +157,10 @@ func (s *Signer) Sign(csr *x509.CertificateRequest, id identity.Identity, ttl ti
 		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
 		BasicConstraintsValid: true,
 		URIs:                  []*url.URL{id.URL()},
+		DNSNames:              dnsNames,
+		IPAddresses:           ips,
 	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.cert, csr.PublicKey, s.key)
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, s.cert, pub, s.key)
 	if err != nil {
 		return nil, fmt.Errorf("sign certificate for %s: %w", id, err)
 	}
