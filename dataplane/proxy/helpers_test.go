@@ -4,10 +4,8 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -20,58 +18,24 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	api "github.com/ambient-dev/ambient-operator/dataplane/api/v1alpha1"
-	"github.com/ambient-dev/ambient-operator/dataplane/ca"
 	"github.com/ambient-dev/ambient-operator/dataplane/identity"
+	"github.com/ambient-dev/ambient-operator/dataplane/internal/testpki"
 	"github.com/ambient-dev/ambient-operator/dataplane/state"
 	"github.com/ambient-dev/ambient-operator/dataplane/telemetry"
 )
 
 const td = "cluster.local"
 
-// issuer is an in-memory certs.Provider backed by a real CA signer.
-type issuer struct {
-	signer *ca.Signer
-	mu     sync.Mutex
-	certs  map[identity.Identity]*tls.Certificate
-	// refuse makes Certificate fail for an identity.
-	refuse map[identity.Identity]bool
-}
+type issuer = testpki.Issuer
 
 func newIssuer(t testing.TB) *issuer {
 	t.Helper()
-	certPEM, keyPEM, err := ca.NewRoot(td, time.Hour)
+	i, err := testpki.New(td)
 	if err != nil {
 		t.Fatal(err)
 	}
-	s, err := ca.NewSigner(certPEM, keyPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &issuer{signer: s, certs: map[identity.Identity]*tls.Certificate{}, refuse: map[identity.Identity]bool{}}
+	return i
 }
-
-func (i *issuer) Certificate(_ context.Context, id identity.Identity) (*tls.Certificate, error) {
-	i.mu.Lock()
-	defer i.mu.Unlock()
-	if i.refuse[id] {
-		return nil, fmt.Errorf("refused %s", id)
-	}
-	if c := i.certs[id]; c != nil {
-		return c, nil
-	}
-	chain, key, err := i.signer.Issue(id, time.Hour)
-	if err != nil {
-		return nil, err
-	}
-	pair, err := tls.X509KeyPair(chain, key)
-	if err != nil {
-		return nil, err
-	}
-	i.certs[id] = &pair
-	return &pair, nil
-}
-
-func (i *issuer) Roots() *x509.CertPool { return i.signer.Roots() }
 
 // testNetwork is a LocalNetwork whose "iptables" is a table: the original destination of a connection
 // is what the test said its client wanted to reach.

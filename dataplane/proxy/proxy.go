@@ -107,6 +107,8 @@ type Proxy struct {
 type workloadListeners struct {
 	addr netip.Addr
 	ls   []net.Listener
+	// hooked: WorkloadHooks.Opened succeeded (the pod's traffic is captured).
+	hooked bool
 }
 
 // New builds a proxy; Run starts it.
@@ -189,9 +191,15 @@ func (p *Proxy) sync(ctx context.Context) {
 		p.mu.Unlock()
 		return
 	}
+	hooks, _ := p.cfg.Network.(WorkloadHooks)
+	var retry []*state.Workload
 	for key, wl := range p.listeners {
 		if w, ok := want[key]; !ok || w.Addresses[0] != wl.addr {
-			// The workload left (or moved): stop taking its new connections. Its open connections go on.
+			// The workload left (or moved): stop capturing and taking its new connections. Its open
+			// connections go on.
+			if hooks != nil {
+				hooks.Closing(key)
+			}
 			closeAll(wl.ls)
 			delete(p.listeners, key)
 			p.log.V(1).Info("Closed the listeners of a workload that left", "workload", key)
@@ -199,16 +207,26 @@ func (p *Proxy) sync(ctx context.Context) {
 	}
 	var open []*state.Workload
 	for key, w := range want {
-		if _, ok := p.listeners[key]; !ok {
+		wl, ok := p.listeners[key]
+		switch {
+		case !ok:
 			open = append(open, w)
+		case hooks != nil && !wl.hooked:
+			retry = append(retry, w)
 		}
 	}
 	p.mu.Unlock()
+	for _, w := range retry {
+		p.hookOpened(w)
+	}
 
 	for _, w := range open {
 		if err := p.openWorkload(ctx, w); err != nil {
 			p.log.Error(err, "Opening the listeners of a workload; retrying later", "workload", w.Key)
+			continue
 		}
+		// On this goroutine, so that capture starts and stops in the order the workload came and went.
+		p.hookOpened(w)
 	}
 	p.prefetchCertificates(ctx, want)
 }
@@ -242,6 +260,23 @@ func (p *Proxy) openWorkload(ctx context.Context, w *state.Workload) error {
 	}()
 	p.log.Info("Serving a workload", "workload", key, "address", w.Addresses[0].String(), "identity", w.Identity.String())
 	return nil
+}
+
+// hookOpened tells the Network that a workload's listeners are open (in-pod: start capturing).
+func (p *Proxy) hookOpened(w *state.Workload) {
+	hooks, ok := p.cfg.Network.(WorkloadHooks)
+	if !ok {
+		return
+	}
+	if err := hooks.Opened(w); err != nil {
+		p.log.Error(err, "Starting to capture a workload's traffic; retrying later", "workload", w.Key)
+		return
+	}
+	p.mu.Lock()
+	if wl := p.listeners[w.Key]; wl != nil {
+		wl.hooked = true
+	}
+	p.mu.Unlock()
 }
 
 func (p *Proxy) syncWaypoint(ctx context.Context) {

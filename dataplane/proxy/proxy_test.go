@@ -323,7 +323,7 @@ func TestReadinessWaitsForCertificates(t *testing.T) {
 	store := state.NewStore(td)
 	g.Expect(store.Replace(res)).To(Succeed())
 	iss := newIssuer(t)
-	iss.refuse[identity.New(td, "ns", "x")] = true
+	iss.Refuse(identity.New(td, "ns", "x"), true)
 	ready := newReadiness()
 	p, err := New(Config{Mode: NodeMode, Node: "node-z", Store: store, Certs: iss, Network: newTestNetwork(), Ready: ready})
 	g.Expect(err).NotTo(HaveOccurred())
@@ -332,9 +332,7 @@ func TestReadinessWaitsForCertificates(t *testing.T) {
 	go func() { defer close(done); _ = p.Run(ctx) }()
 	defer func() { cancel(); <-done; _ = p.Close() }()
 	g.Consistently(ready.Ready, 300*time.Millisecond).Should(BeFalse())
-	iss.mu.Lock()
-	delete(iss.refuse, identity.New(td, "ns", "x"))
-	iss.mu.Unlock()
+	iss.Refuse(identity.New(td, "ns", "x"), false)
 	g.Expect(store.Apply(state.Delta{Upsert: state.Resources{Workloads: []*api.Workload{{Name: "y", Namespace: "ns", Node: "node-other"}}}})).To(Succeed())
 	g.Eventually(ready.Ready).Should(BeTrue())
 }

@@ -30,6 +30,15 @@ type Network interface {
 	OriginalDestination(c net.Conn) (netip.AddrPort, error)
 }
 
+// WorkloadHooks is implemented by a Network that acts when a workload's listeners open or close: the
+// in-pod redirection installs a pod's capture rules once its listeners are open, and removes them before
+// they close (the workload left the mesh). A proxy that drains for a successor calls neither: the rules
+// stay and the successor's listeners take over.
+type WorkloadHooks interface {
+	Opened(w *state.Workload) error
+	Closing(key string)
+}
+
 // LocalNetwork is the Network of a proxy whose workloads live in its own network namespace: each
 // workload's listeners bind the workload's address, and connections from a workload leave from its
 // address. It is how tests and the local demo run many pods on one host, and the same code opens the

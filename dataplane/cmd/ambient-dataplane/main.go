@@ -5,14 +5,21 @@ package main
 import (
 	"fmt"
 	"os"
+	"path/filepath"
 	"runtime"
 
 	"github.com/spf13/cobra"
 
+	"github.com/ambient-dev/ambient-operator/dataplane/redirect"
 	"github.com/ambient-dev/ambient-operator/dataplane/version"
 )
 
 func main() {
+	// Runtimes execute CNI plugins by name with no arguments: installed as ambient-cni, be the plugin.
+	if filepath.Base(os.Args[0]) == redirect.PluginName {
+		redirect.RunPlugin()
+		return
+	}
 	if err := newRootCommand().Execute(); err != nil {
 		os.Exit(1)
 	}
@@ -30,6 +37,7 @@ tests and local runs can move them.`,
 	}
 	root.AddCommand(newVersionCommand())
 	addProxyCommands(root)
+	root.AddCommand(newCNICommand())
 	return root
 }
 

@@ -7,6 +7,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/ambient-dev/ambient-operator/dataplane/proxy"
+	"github.com/ambient-dev/ambient-operator/dataplane/redirect"
 )
 
 func newNodeCommand() *cobra.Command {
@@ -50,14 +51,32 @@ listeners bind the workload's address in the proxy's own network namespace.`,
 	}
 	f.register(cmd.Flags())
 	cmd.Flags().StringVar(&nodeName, "node-name", envOr("NODE_NAME", ""), "Name of this node: the proxy serves the workloads scheduled on it.")
-	cmd.Flags().StringVar(&cniSocket, "cni-socket", "", "Unix socket of the node agent that reports pod network namespaces (in-pod redirection). Empty: workloads live in this network namespace.")
+	cmd.Flags().StringVar(&cniSocket, "cni-socket", "", "Unix socket where the node agent hears from the CNI plugin (in-pod redirection). Empty: workloads live in this network namespace.")
 	return cmd
 }
 
-// nodeNetwork chooses where local workloads' sockets live.
-func (rt *proxyRuntime) nodeNetwork(_ context.Context, cniSocket string) (proxy.Network, error) {
-	if cniSocket != "" {
-		return nil, errors.New("--cni-socket: in-pod redirection is not available in this build; run without it")
+// nodeNetwork chooses where local workloads' sockets live: with --cni-socket, in each pod's network
+// namespace (the node agent learns them from the CNI plugin and installs the pod's capture rules);
+// without, in the proxy's own namespace, bound to each workload's address.
+func (rt *proxyRuntime) nodeNetwork(ctx context.Context, cniSocket string) (proxy.Network, error) {
+	if cniSocket == "" {
+		return proxy.LocalNetwork{Mark: rt.flags.mark}, nil
 	}
-	return proxy.LocalNetwork{Mark: rt.flags.mark}, nil
+	if rt.flags.mark == 0 {
+		return nil, errors.New("--cni-socket needs --mark: the pods' rules skip the proxy's own traffic by its mark")
+	}
+	agent := &redirect.Agent{
+		Socket: cniSocket,
+		Rules: redirect.Rules{Outbound: rt.flags.ports.Outbound, InboundPlaintext: rt.flags.ports.InboundPlaintext,
+			HBONE: rt.flags.ports.HBONE, Mark: uint32(rt.flags.mark)}, // #nosec G115 -- validated positive
+		Log:   rt.log.WithName("agent"),
+		Store: rt.store,
+	}
+	go func() {
+		if err := agent.Serve(ctx); err != nil {
+			rt.log.Error(err, "The node agent stopped")
+		}
+	}()
+	rt.agent = agent
+	return agent, nil
 }

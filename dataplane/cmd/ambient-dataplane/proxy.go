@@ -18,6 +18,7 @@ import (
 
 	"github.com/ambient-dev/ambient-operator/dataplane/certs"
 	"github.com/ambient-dev/ambient-operator/dataplane/proxy"
+	"github.com/ambient-dev/ambient-operator/dataplane/redirect"
 	"github.com/ambient-dev/ambient-operator/dataplane/state"
 	"github.com/ambient-dev/ambient-operator/dataplane/telemetry"
 	"github.com/ambient-dev/ambient-operator/dataplane/version"
@@ -87,6 +88,8 @@ type proxyRuntime struct {
 	ready   *telemetry.Readiness
 	store   *state.Store
 	certs   certs.Provider
+	// agent is the node agent in in-pod mode.
+	agent *redirect.Agent
 }
 
 func newProxyRuntime(ctx context.Context, f *proxyFlags, role string) (*proxyRuntime, error) {
@@ -130,7 +133,7 @@ func (rt *proxyRuntime) serve(ctx context.Context, p *proxy.Proxy) error {
 	quit := make(chan struct{})
 	var quitOnce sync.Once
 	admin := telemetry.NewAdminHandler(telemetry.AdminOptions{
-		ConfigDump: func() any { return rt.store.Load().Dump() },
+		ConfigDump: rt.configDump,
 		Logging:    rt.logging,
 		Shutdown:   func() { quitOnce.Do(func() { close(quit) }) },
 	})
@@ -188,6 +191,15 @@ func (rt *proxyRuntime) serve(ctx context.Context, p *proxy.Proxy) error {
 	}
 	rt.log.Info("Stopped")
 	return err
+}
+
+// configDump is the admin endpoint's view: the snapshot, and in in-pod mode the pods the agent knows.
+func (rt *proxyRuntime) configDump() any {
+	dump := map[string]any{"snapshot": rt.store.Load().Dump()}
+	if rt.agent != nil {
+		dump["pods"] = rt.agent.Pods()
+	}
+	return dump
 }
 
 func resolveLocalhost(addr string) string {

@@ -1,0 +1,362 @@
+package redirect
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/go-logr/logr"
+
+	"github.com/ambient-dev/ambient-operator/dataplane/proxy"
+	"github.com/ambient-dev/ambient-operator/dataplane/state"
+)
+
+// PodEvent is what the CNI plugin tells the node agent about a pod sandbox.
+type PodEvent struct {
+	// Command is "ADD" or "DEL".
+	Command     string   `json:"command"`
+	Namespace   string   `json:"namespace"`
+	Name        string   `json:"name"`
+	UID         string   `json:"uid,omitempty"`
+	ContainerID string   `json:"containerID"`
+	Netns       string   `json:"netns"`
+	IPs         []string `json:"ips,omitempty"`
+}
+
+// pod is a pod whose network namespace the agent knows.
+type pod struct {
+	key  string // namespace/name
+	ns   *os.File
+	id   ID
+	ips  []netip.Addr
+	from string // "cni" or "scan"
+	// captured: the redirection rules are installed.
+	captured bool
+}
+
+func (p *pod) path() string { return fmt.Sprintf("/proc/self/fd/%d", p.ns.Fd()) }
+
+// Agent is the node agent: it learns pod network namespaces from the CNI plugin (and, for pods it missed,
+// by scanning /proc), and is the node proxy's Network in in-pod mode: each workload's listeners live in
+// its pod's namespace, its connections leave from there, and its redirection rules are installed once its
+// listeners are open and removed before they close.
+type Agent struct {
+	// Socket is the Unix socket the CNI plugin talks to.
+	Socket string
+	Rules  Rules
+	Log    logr.Logger
+	// Store gives the node's workloads, used to find the namespaces of pods the CNI plugin did not report.
+	Store *state.Store
+	// ProcRoot is /proc (tests move it).
+	ProcRoot string
+
+	mu   sync.Mutex
+	pods map[string]*pod // by namespace/name
+}
+
+var _ proxy.Network = (*Agent)(nil)
+
+// Serve listens on the socket until ctx ends.
+func (a *Agent) Serve(ctx context.Context) error {
+	if err := os.MkdirAll(filepath.Dir(a.Socket), 0o750); err != nil {
+		return fmt.Errorf("create socket directory: %w", err)
+	}
+	_ = os.Remove(a.Socket)
+	l, err := net.Listen("unix", a.Socket)
+	if err != nil {
+		return fmt.Errorf("listen on %s: %w", a.Socket, err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST /v1/pods", a.handleEvent)
+	srv := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go func() { // #nosec G118 -- the shutdown needs a fresh context: ctx has ended
+		<-ctx.Done()
+		shutdownCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(shutdownCtx)
+	}()
+	a.Log.Info("Node agent listening for the CNI plugin", "socket", a.Socket)
+	if err := srv.Serve(l); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
+
+func (a *Agent) handleEvent(w http.ResponseWriter, r *http.Request) {
+	var ev PodEvent
+	if err := json.NewDecoder(http.MaxBytesReader(w, r.Body, 64<<10)).Decode(&ev); err != nil {
+		http.Error(w, "bad event: "+err.Error(), http.StatusBadRequest)
+		return
+	}
+	if err := a.Handle(ev); err != nil {
+		a.Log.Error(err, "Handling a CNI event", "command", ev.Command, "pod", ev.Namespace+"/"+ev.Name)
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	w.WriteHeader(http.StatusOK)
+}
+
+// Handle records (ADD) or forgets (DEL) a pod's network namespace.
+func (a *Agent) Handle(ev PodEvent) error {
+	if ev.Namespace == "" || ev.Name == "" {
+		return errors.New("event without pod namespace and name")
+	}
+	key := ev.Namespace + "/" + ev.Name
+	switch ev.Command {
+	case "ADD":
+		f, err := os.Open(ev.Netns) // #nosec G304 -- the namespace path the runtime gave the CNI plugin
+		if err != nil {
+			return fmt.Errorf("open network namespace of %s: %w", key, err)
+		}
+		id, err := IDOf(ev.Netns)
+		if err != nil {
+			_ = f.Close()
+			return err
+		}
+		p := &pod{key: key, ns: f, id: id, from: "cni"}
+		for _, s := range ev.IPs {
+			if ip, err := netip.ParseAddr(s); err == nil {
+				p.ips = append(p.ips, ip.Unmap())
+			}
+		}
+		a.mu.Lock()
+		if old := a.pods[key]; old != nil {
+			_ = old.ns.Close()
+		}
+		if a.pods == nil {
+			a.pods = map[string]*pod{}
+		}
+		a.pods[key] = p
+		a.mu.Unlock()
+		a.Log.Info("Pod network namespace reported", "pod", key, "netns", ev.Netns, "ips", ev.IPs)
+	case "DEL":
+		a.forget(key)
+	default:
+		return fmt.Errorf("unknown command %q", ev.Command)
+	}
+	return nil
+}
+
+func (a *Agent) forget(key string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if p := a.pods[key]; p != nil {
+		_ = p.ns.Close()
+		delete(a.pods, key)
+		a.Log.Info("Pod removed", "pod", key)
+	}
+}
+
+// podFor finds the namespace of a workload: from the CNI plugin, else by scanning /proc for a namespace
+// that holds one of the workload's addresses (pods started before the agent, or whose event was missed).
+func (a *Agent) podFor(w *state.Workload) (*pod, error) {
+	a.mu.Lock()
+	p := a.pods[w.Key]
+	a.mu.Unlock()
+	if p != nil {
+		return p, nil
+	}
+	if err := a.scan(); err != nil {
+		return nil, err
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, addr := range w.Addresses {
+		for _, cand := range a.pods {
+			if cand.key == "" && containsAddr(cand.ips, addr) {
+				cand.key = w.Key
+				delete(a.pods, "scan:"+cand.id.String())
+				a.pods[w.Key] = cand
+				a.Log.Info("Found a pod's network namespace by its address", "pod", w.Key, "address", addr.String())
+				return cand, nil
+			}
+		}
+	}
+	return nil, fmt.Errorf("network namespace of %s not known yet", w.Key)
+}
+
+func (id ID) String() string {
+	return strconv.FormatUint(id.Dev, 10) + ":" + strconv.FormatUint(id.Ino, 10)
+}
+
+func containsAddr(list []netip.Addr, a netip.Addr) bool {
+	for _, x := range list {
+		if x == a {
+			return true
+		}
+	}
+	return false
+}
+
+// scan records every network namespace of the node's processes that the agent does not know yet,
+// with its addresses, as unclaimed candidates.
+func (a *Agent) scan() error {
+	root := a.ProcRoot
+	if root == "" {
+		root = "/proc"
+	}
+	entries, err := os.ReadDir(root)
+	if err != nil {
+		return fmt.Errorf("scan %s: %w", root, err)
+	}
+	own, _ := IDOf(filepath.Join(root, "self", "ns", "net"))
+	a.mu.Lock()
+	known := map[ID]bool{own: true}
+	for _, p := range a.pods {
+		known[p.id] = true
+	}
+	a.mu.Unlock()
+	for _, e := range entries {
+		if _, err := strconv.Atoi(e.Name()); err != nil {
+			continue
+		}
+		path := filepath.Join(root, e.Name(), "ns", "net")
+		id, err := IDOf(path)
+		if err != nil || known[id] {
+			continue
+		}
+		known[id] = true
+		f, err := os.Open(path) // #nosec G304 -- a /proc namespace file
+		if err != nil {
+			continue
+		}
+		var ips []netip.Addr
+		if err := doFd(int(f.Fd()), func() error { ips = interfaceAddrs(); return nil }); err != nil || len(ips) == 0 { // #nosec G115
+			_ = f.Close()
+			continue
+		}
+		a.mu.Lock()
+		if a.pods == nil {
+			a.pods = map[string]*pod{}
+		}
+		a.pods["scan:"+id.String()] = &pod{ns: f, id: id, ips: ips, from: "scan"}
+		a.mu.Unlock()
+	}
+	return nil
+}
+
+func interfaceAddrs() []netip.Addr {
+	addrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil
+	}
+	var out []netip.Addr
+	for _, a := range addrs {
+		if n, ok := a.(*net.IPNet); ok {
+			if ip, ok := netip.AddrFromSlice(n.IP); ok && !ip.IsLoopback() {
+				out = append(out, ip.Unmap())
+			}
+		}
+	}
+	return out
+}
+
+// Listen opens a listener for the workload inside its pod's namespace, on the wildcard address.
+func (a *Agent) Listen(ctx context.Context, w *state.Workload, port uint16) (net.Listener, error) {
+	p, err := a.podFor(w)
+	if err != nil {
+		return nil, err
+	}
+	var l net.Listener
+	err = Do(p.path(), func() error {
+		var err error
+		l, err = proxy.ListenReusePort(ctx, netip.AddrPortFrom(netip.IPv6Unspecified(), port))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("listen in the namespace of %s: %w", w.Key, err)
+	}
+	return l, nil
+}
+
+// Dial connects from inside the workload's pod namespace (or, for the proxy itself, from its own), marked
+// so that the pod's rules do not capture it.
+func (a *Agent) Dial(ctx context.Context, w *state.Workload, dst netip.AddrPort) (net.Conn, error) {
+	if w == nil {
+		return proxy.DialFrom(ctx, netip.Addr{}, dst, int(a.Rules.Mark))
+	}
+	p, err := a.podFor(w)
+	if err != nil {
+		return nil, err
+	}
+	var c net.Conn
+	err = Do(p.path(), func() error {
+		var err error
+		c, err = proxy.DialFrom(ctx, netip.Addr{}, dst, int(a.Rules.Mark))
+		return err
+	})
+	return c, err
+}
+
+// OriginalDestination reads SO_ORIGINAL_DST.
+func (a *Agent) OriginalDestination(c net.Conn) (netip.AddrPort, error) {
+	return proxy.OriginalDestination(c)
+}
+
+// Opened installs the workload's redirection once its listeners are open: from now on its new
+// connections are captured.
+func (a *Agent) Opened(w *state.Workload) error {
+	p, err := a.podFor(w)
+	if err != nil {
+		return err
+	}
+	if err := Install(p.path(), a.Rules); err != nil {
+		return fmt.Errorf("install redirection for %s: %w", w.Key, err)
+	}
+	a.mu.Lock()
+	p.captured = true
+	a.mu.Unlock()
+	a.Log.Info("Capturing the traffic of a pod", "pod", w.Key, "via", p.from)
+	return nil
+}
+
+// Closing removes the workload's redirection before its listeners close (it left the mesh); its
+// established connections go on.
+func (a *Agent) Closing(key string) {
+	a.mu.Lock()
+	p := a.pods[key]
+	a.mu.Unlock()
+	if p == nil || !p.captured {
+		return
+	}
+	if err := Remove(p.path()); err != nil {
+		a.Log.Error(err, "Removing the redirection of a pod", "pod", key)
+		return
+	}
+	a.mu.Lock()
+	p.captured = false
+	a.mu.Unlock()
+	a.Log.Info("Stopped capturing the traffic of a pod", "pod", key)
+}
+
+// Pods returns the pods the agent knows and whether each is captured, for /config_dump.
+func (a *Agent) Pods() map[string]bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	out := map[string]bool{}
+	for k, p := range a.pods {
+		if p.key != "" {
+			out[k] = p.captured
+		}
+	}
+	return out
+}
+
+// Close releases the namespaces the agent holds.
+func (a *Agent) Close() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for k, p := range a.pods {
+		_ = p.ns.Close()
+		delete(a.pods, k)
+	}
+}
