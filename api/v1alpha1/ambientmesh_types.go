@@ -128,10 +128,34 @@ type NodeProxySpec struct {
 	// +optional
 	DrainSeconds int32 `json:"drainSeconds,omitempty"`
 
+	// cni says where the node's container runtime keeps its CNI plugins and network configuration. The
+	// node proxy installs its chained CNI plugin there, which reports each pod's network namespace so that
+	// the pod's traffic is captured inside it. The defaults fit most distributions; some keep them
+	// elsewhere (for example /home/kubernetes/bin on GKE, /var/lib/cni/bin on OpenShift).
+	// +kubebuilder:default={}
+	// +optional
+	CNI CNISpec `json:"cni,omitzero"`
+
 	// updateStrategy says how node proxies are replaced during an upgrade.
 	// +kubebuilder:default={type:RollingUpdate}
 	// +optional
 	UpdateStrategy NodeProxyUpdateStrategy `json:"updateStrategy,omitzero"`
+}
+
+// CNISpec locates the node's CNI directories.
+type CNISpec struct {
+	// binDir is the host directory of CNI plugin binaries.
+	// +kubebuilder:default="/opt/cni/bin"
+	// +kubebuilder:validation:Pattern=`^/[^\s]*$`
+	// +kubebuilder:validation:MaxLength=256
+	// +optional
+	BinDir string `json:"binDir,omitempty"`
+	// confDir is the host directory of CNI network configurations.
+	// +kubebuilder:default="/etc/cni/net.d"
+	// +kubebuilder:validation:Pattern=`^/[^\s]*$`
+	// +kubebuilder:validation:MaxLength=256
+	// +optional
+	ConfDir string `json:"confDir,omitempty"`
 }
 
 // NodeProxyUpdateStrategyType names a node proxy update strategy.

@@ -88,6 +88,8 @@ var _ = Describe("Defaults", func() {
 		Expect(s.NodeProxy.DrainSeconds).To(BeEquivalentTo(30))
 		Expect(s.NodeProxy.PriorityClassName).To(Equal("system-node-critical"))
 		Expect(s.NodeProxy.UpdateStrategy.Type).To(Equal(ambientv1alpha1.RollingUpdateStrategy))
+		Expect(s.NodeProxy.CNI.BinDir).To(Equal("/opt/cni/bin"))
+		Expect(s.NodeProxy.CNI.ConfDir).To(Equal("/etc/cni/net.d"))
 		Expect(s.NodeProxy.Resources.Requests.Cpu().String()).To(Equal("100m"))
 		Expect(s.NodeProxy.Resources.Limits.Memory().String()).To(Equal("512Mi"))
 		Expect(s.XDS.Replicas).To(BeEquivalentTo(2))
@@ -247,6 +249,9 @@ var _ = Describe("Invalid objects", func() {
 		Entry("a maxUnavailable that is neither a number nor a percentage",
 			meshHeader+"spec:\n  version: 0.1.0\n  nodeProxy:\n    updateStrategy:\n      rollingUpdate:\n        maxUnavailable: some\n",
 			"spec.nodeProxy.updateStrategy.rollingUpdate.maxUnavailable"),
+		Entry("a relative CNI directory",
+			meshHeader+"spec:\n  version: 0.1.0\n  nodeProxy:\n    cni:\n      confDir: etc/cni\n",
+			"spec.nodeProxy.cni.confDir"),
 		Entry("no xDS replicas",
 			meshHeader+"spec:\n  version: 0.1.0\n  xds:\n    replicas: 0\n",
 			"spec.xds.replicas"),

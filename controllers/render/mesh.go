@@ -10,6 +10,7 @@ import (
 	policyv1 "k8s.io/api/policy/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/client"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -392,6 +393,31 @@ func nodeDaemonSet(mesh *ambientv1alpha1.AmbientMesh, in MeshInputs) *appsv1.Dae
 			corev1.VolumeMount{Name: "netns", MountPath: "/var/run/netns", MountPropagation: new(corev1.MountPropagationHostToContainer)},
 		),
 	}
+	installCNI := corev1.Container{
+		Name:            "install-cni",
+		Image:           in.Node.Image,
+		ImagePullPolicy: orDefault(s.ImagePullPolicy, corev1.PullIfNotPresent),
+		Args: []string{
+			"cni", "install",
+			"--bin-dir=" + hostCNIBin, "--conf-dir=" + hostCNIConf,
+			"--agent-socket=" + HostCNIRunDir + "/cni.sock", "--log-file=" + HostCNIRunDir + "/cni.log",
+		},
+		Resources: corev1.ResourceRequirements{Requests: corev1.ResourceList{
+			corev1.ResourceCPU: resource.MustParse("10m"), corev1.ResourceMemory: resource.MustParse("16Mi"),
+		}},
+		SecurityContext: &corev1.SecurityContext{
+			// Writes the host's CNI directories, which root owns; no capability beyond that.
+			RunAsUser:                new(int64(0)),
+			RunAsNonRoot:             new(false),
+			AllowPrivilegeEscalation: new(false),
+			ReadOnlyRootFilesystem:   new(true),
+			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}, Add: []corev1.Capability{"DAC_OVERRIDE", "CHOWN", "FOWNER"}},
+		},
+		VolumeMounts: []corev1.VolumeMount{
+			{Name: "cni-bin", MountPath: hostCNIBin},
+			{Name: "cni-conf", MountPath: hostCNIConf},
+		},
+	}
 	return &appsv1.DaemonSet{
 		TypeMeta: metav1.TypeMeta{APIVersion: appsv1.SchemeGroupVersion.String(), Kind: "DaemonSet"},
 		ObjectMeta: metav1.ObjectMeta{
@@ -410,12 +436,18 @@ func nodeDaemonSet(mesh *ambientv1alpha1.AmbientMesh, in MeshInputs) *appsv1.Dae
 					NodeSelector:                  np.NodeSelector,
 					Tolerations:                   tolerations,
 					TerminationGracePeriodSeconds: new(int64(drain) + 5),
-					Containers:                    []corev1.Container{container},
+					// install-cni runs beside the proxy: it keeps the plugin installed (network plugins
+					// rewrite their configuration) and removes it when the DaemonSet goes away.
+					Containers: []corev1.Container{container, installCNI},
 					Volumes: append(proxyVolumes(),
 						corev1.Volume{Name: "cni-run", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
 							Path: HostCNIRunDir, Type: new(corev1.HostPathDirectoryOrCreate)}}},
 						corev1.Volume{Name: "netns", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
 							Path: "/var/run/netns", Type: new(corev1.HostPathDirectoryOrCreate)}}},
+						corev1.Volume{Name: "cni-bin", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+							Path: orDefault(np.CNI.BinDir, "/opt/cni/bin"), Type: new(corev1.HostPathDirectoryOrCreate)}}},
+						corev1.Volume{Name: "cni-conf", VolumeSource: corev1.VolumeSource{HostPath: &corev1.HostPathVolumeSource{
+							Path: orDefault(np.CNI.ConfDir, "/etc/cni/net.d"), Type: new(corev1.HostPathDirectoryOrCreate)}}},
 					),
 				},
 			},

@@ -74,6 +74,9 @@ const (
 	// CNIRunDir holds the node agent's Unix socket, shared with the CNI plugin on the host (HostCNIRunDir).
 	CNIRunDir     = "/var/run/ambient/cni"
 	HostCNIRunDir = "/var/run/ambient"
+	// hostCNIBin and hostCNIConf are where install-cni sees the host's CNI directories.
+	hostCNIBin  = "/host/opt/cni/bin"
+	hostCNIConf = "/host/etc/cni/net.d"
 )
 
 // DefaultRegistry is where the operator finds data-plane images when a version is given without an image.

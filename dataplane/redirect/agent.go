@@ -56,7 +56,9 @@ type Agent struct {
 	Log    logr.Logger
 	// Store gives the node's workloads, used to find the namespaces of pods the CNI plugin did not report.
 	Store *state.Store
-	// ProcRoot is /proc (tests move it).
+	// NetnsDir holds the runtime's named pod namespaces (/var/run/netns); scanned for pods the agent missed.
+	NetnsDir string
+	// ProcRoot is /proc, also scanned (it shows only the processes the agent can see).
 	ProcRoot string
 
 	mu   sync.Mutex
@@ -197,29 +199,40 @@ func containsAddr(list []netip.Addr, a netip.Addr) bool {
 	return false
 }
 
-// scan records every network namespace of the node's processes that the agent does not know yet,
-// with its addresses, as unclaimed candidates.
+// scan records every network namespace of the node that the agent does not know yet, with its
+// addresses, as unclaimed candidates: the runtime's named namespaces (NetnsDir) and those of the
+// processes under ProcRoot.
 func (a *Agent) scan() error {
 	root := a.ProcRoot
 	if root == "" {
 		root = "/proc"
 	}
-	entries, err := os.ReadDir(root)
-	if err != nil {
-		return fmt.Errorf("scan %s: %w", root, err)
+	var paths []string
+	if entries, err := os.ReadDir(root); err == nil {
+		for _, e := range entries {
+			if _, err := strconv.Atoi(e.Name()); err == nil {
+				paths = append(paths, filepath.Join(root, e.Name(), "ns", "net"))
+			}
+		}
 	}
-	own, _ := IDOf(filepath.Join(root, "self", "ns", "net"))
+	if a.NetnsDir != "" {
+		if entries, err := os.ReadDir(a.NetnsDir); err == nil {
+			for _, e := range entries {
+				paths = append(paths, filepath.Join(a.NetnsDir, e.Name()))
+			}
+		}
+	}
+	if len(paths) == 0 {
+		return fmt.Errorf("scan for pod network namespaces: nothing readable in %s or %q", root, a.NetnsDir)
+	}
+	own, _ := IDOf("/proc/thread-self/ns/net")
 	a.mu.Lock()
 	known := map[ID]bool{own: true}
 	for _, p := range a.pods {
 		known[p.id] = true
 	}
 	a.mu.Unlock()
-	for _, e := range entries {
-		if _, err := strconv.Atoi(e.Name()); err != nil {
-			continue
-		}
-		path := filepath.Join(root, e.Name(), "ns", "net")
+	for _, path := range paths {
 		id, err := IDOf(path)
 		if err != nil || known[id] {
 			continue

@@ -257,7 +257,7 @@ func TestAgentFindsPodsItWasNotToldAbout(t *testing.T) {
 
 	store := state.NewStore("cluster.local")
 	g.Expect(store.Replace(workloads(p, api.TunnelProtocol_HBONE))).To(Succeed())
-	agent := &Agent{Rules: rules, Log: logr.Discard(), Store: store}
+	agent := &Agent{Rules: rules, Log: logr.Discard(), Store: store, NetnsDir: t.TempDir()} // only /proc finds it
 	defer agent.Close()
 	g.Eventually(func() error {
 		_, err := agent.podFor(store.Load().Workload("default/client"))
@@ -269,6 +269,21 @@ func TestAgentFindsPodsItWasNotToldAbout(t *testing.T) {
 	// The listener is inside the pod: the pod reaches it on its loopback.
 	c := dialIn(t, p.a, netip.MustParseAddrPort("127.0.0.1:15001"))
 	_ = c.Close()
+}
+
+func TestAgentFindsPodsInTheRuntimesNetnsDirectory(t *testing.T) {
+	needRoot(t)
+	g := NewWithT(t)
+	p := newPods(t)
+	store := state.NewStore("cluster.local")
+	g.Expect(store.Replace(workloads(p, api.TunnelProtocol_HBONE))).To(Succeed())
+	agent := &Agent{Rules: rules, Log: logr.Discard(), Store: store, NetnsDir: "/var/run/netns", ProcRoot: t.TempDir()}
+	defer agent.Close()
+	pod, err := agent.podFor(store.Load().Workload("default/server"))
+	g.Expect(err).NotTo(HaveOccurred())
+	id, err := IDOf(nsPath(p.b))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(pod.id).To(Equal(id))
 }
 
 func TestRulesAreIdempotentAndRemovable(t *testing.T) {

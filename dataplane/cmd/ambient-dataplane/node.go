@@ -12,7 +12,7 @@ import (
 
 func newNodeCommand() *cobra.Command {
 	f := &proxyFlags{}
-	var nodeName, cniSocket string
+	var nodeName, cniSocket, netnsDir string
 	cmd := &cobra.Command{
 		Use:   "node",
 		Short: "Run the node proxy (ztunnel role) for the workloads of this node",
@@ -33,7 +33,7 @@ listeners bind the workload's address in the proxy's own network namespace.`,
 			if err != nil {
 				return err
 			}
-			network, err := rt.nodeNetwork(ctx, cniSocket)
+			network, err := rt.nodeNetwork(ctx, cniSocket, netnsDir)
 			if err != nil {
 				return err
 			}
@@ -52,13 +52,14 @@ listeners bind the workload's address in the proxy's own network namespace.`,
 	f.register(cmd.Flags())
 	cmd.Flags().StringVar(&nodeName, "node-name", envOr("NODE_NAME", ""), "Name of this node: the proxy serves the workloads scheduled on it.")
 	cmd.Flags().StringVar(&cniSocket, "cni-socket", "", "Unix socket where the node agent hears from the CNI plugin (in-pod redirection). Empty: workloads live in this network namespace.")
+	cmd.Flags().StringVar(&netnsDir, "netns-dir", "/var/run/netns", "Where the container runtime keeps pod network namespaces; scanned for pods the agent was not told about.")
 	return cmd
 }
 
 // nodeNetwork chooses where local workloads' sockets live: with --cni-socket, in each pod's network
 // namespace (the node agent learns them from the CNI plugin and installs the pod's capture rules);
 // without, in the proxy's own namespace, bound to each workload's address.
-func (rt *proxyRuntime) nodeNetwork(ctx context.Context, cniSocket string) (proxy.Network, error) {
+func (rt *proxyRuntime) nodeNetwork(ctx context.Context, cniSocket, netnsDir string) (proxy.Network, error) {
 	if cniSocket == "" {
 		return proxy.LocalNetwork{Mark: rt.flags.mark}, nil
 	}
@@ -69,8 +70,9 @@ func (rt *proxyRuntime) nodeNetwork(ctx context.Context, cniSocket string) (prox
 		Socket: cniSocket,
 		Rules: redirect.Rules{Outbound: rt.flags.ports.Outbound, InboundPlaintext: rt.flags.ports.InboundPlaintext,
 			HBONE: rt.flags.ports.HBONE, Mark: uint32(rt.flags.mark)}, // #nosec G115 -- validated positive
-		Log:   rt.log.WithName("agent"),
-		Store: rt.store,
+		Log:      rt.log.WithName("agent"),
+		Store:    rt.store,
+		NetnsDir: netnsDir,
 	}
 	go func() {
 		if err := agent.Serve(ctx); err != nil {
