@@ -79,13 +79,13 @@ type TranslatedPolicy struct {
 
 // Group and kind names of policy targets.
 const (
-	groupGateway  = "gateway.networking.k8s.io"
-	groupAmbient  = "ambient.dev"
-	kindService   = "Service"
-	kindGateway   = "Gateway"
-	kindWaypoint  = "Waypoint"
-	suffixService = "~service"
-	suffixWaypnt  = "~waypoint~"
+	groupGateway    = "gateway.networking.k8s.io"
+	groupAmbient    = "ambient.dev"
+	refKindService  = "Service"
+	refKindGateway  = "Gateway"
+	refKindWaypoint = "Waypoint"
+	suffixService   = "~service"
+	suffixWaypnt    = "~waypoint~"
 )
 
 // TranslatePolicy translates the spec of a security.istio.io AuthorizationPolicy (as decoded from JSON,
@@ -245,9 +245,9 @@ func (t *policyTranslator) targets(namespace string, spec map[string]any) (servi
 			t.issue(paths[i], ReasonUnsupportedTarget, "malformed target reference: ignored")
 		case ns != "" && ns != namespace:
 			t.issue(paths[i], ReasonUnsupportedTarget, fmt.Sprintf("target in another namespace (%s): ignored", ns))
-		case kind == kindService && (group == "" || group == "core"):
+		case kind == refKindService && (group == "" || group == "core"):
 			services = append(services, name)
-		case (kind == kindGateway && group == groupGateway) || (kind == kindWaypoint && group == groupAmbient):
+		case (kind == refKindGateway && group == groupGateway) || (kind == refKindWaypoint && group == groupAmbient):
 			waypoints = append(waypoints, name)
 		default:
 			t.issue(paths[i], ReasonUnsupportedTarget, fmt.Sprintf("target kind %q of group %q is not supported (Service, Gateway, Waypoint): ignored", kind, group))

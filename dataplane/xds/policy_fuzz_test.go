@@ -683,4 +683,3 @@ func TestReferenceEvaluator(t *testing.T) {
 		}
 	}
 }
-
