@@ -5,10 +5,23 @@
 SHELL := /usr/bin/env bash -o pipefail
 .SHELLFLAGS := -ec
 
+# One version for the release: the operator's (main.version, the CSV), the data plane's
+# (dataplane/version.Version) and the images' tags. The operator runs data-plane images
+# <registry>/ambient-dataplane:v<version> for the minors in controllers/render.SupportedMinors;
+# test/install checks that VERSION, the samples, config/manager and the bundle agree with it.
 VERSION ?= 0.1.0
-REGISTRY ?= ghcr.io/ambient-dev
+# The registry the operator takes data-plane images from when not told otherwise (render.DefaultRegistry).
+DEFAULT_REGISTRY := ghcr.io/ambient-dev
+REGISTRY ?= $(DEFAULT_REGISTRY)
 IMG ?= $(REGISTRY)/ambient-operator:v$(VERSION)
 DATAPLANE_IMG ?= $(REGISTRY)/ambient-dataplane:v$(VERSION)
+BUNDLE_IMG ?= $(REGISTRY)/ambient-operator-bundle:v$(VERSION)
+# OLM channels of the bundle ("candidate" while the API is v1alpha1) and the CSV this release upgrades from.
+BUNDLE_CHANNELS ?= candidate
+BUNDLE_DEFAULT_CHANNEL ?= candidate
+BUNDLE_REPLACES ?=
+# With another REGISTRY the operator is told to take its data-plane images from there too.
+DATAPLANE_REGISTRY_ARG := $(if $(filter-out $(DEFAULT_REGISTRY),$(REGISTRY)),--dataplane-registry=$(REGISTRY))
 
 LOCALBIN := $(CURDIR)/bin
 K8SBIN := $(LOCALBIN)/k8s
@@ -30,6 +43,8 @@ GOLANGCI_LINT := $(LOCALBIN)/golangci-lint-$(GOLANGCI_LINT_VERSION)
 KUSTOMIZE := $(LOCALBIN)/kustomize-$(KUSTOMIZE_VERSION)
 PROTOC_GEN_GO := $(LOCALBIN)/protoc-gen-go-$(PROTOC_GEN_GO_VERSION)
 PROTOC_GEN_GO_GRPC := $(LOCALBIN)/protoc-gen-go-grpc-$(PROTOC_GEN_GO_GRPC_VERSION)
+
+RELEASE_TOOLS := $(LOCALBIN)/release
 
 LDFLAGS := -s -w -X main.version=$(VERSION)
 DP_LDFLAGS := -s -w -X github.com/ambient-dev/ambient-operator/dataplane/version.Version=$(VERSION)
@@ -69,21 +84,24 @@ manifests: $(CONTROLLER_GEN) ## Generate CRDs and RBAC from the markers in api/ 
 fmt: ## Format the Go code of both modules.
 	go fmt ./...
 	cd dataplane && go fmt ./...
+	cd hack/release && go fmt ./...
 
 .PHONY: vet
 vet: ## Run go vet on both modules.
 	go vet ./...
 	cd dataplane && go vet ./...
+	cd hack/release && go vet ./...
 
 .PHONY: lint
-lint: $(GOLANGCI_LINT) ## Run golangci-lint on both modules.
+lint: $(GOLANGCI_LINT) ## Run golangci-lint on both modules and the release tools.
 	$(GOLANGCI_LINT) run ./...
 	cd dataplane && $(GOLANGCI_LINT) run ./...
+	cd hack/release && $(GOLANGCI_LINT) run --config ../../.golangci.yml ./...
 
 .PHONY: verify
-verify: generate manifests fmt ## Regenerate everything, then fail if the tree changed (generated code is stale).
+verify: generate manifests bundle fmt ## Regenerate everything (code, CRDs, RBAC, OLM bundle), then fail if the tree changed.
 	@if [ -n "$$(git status --porcelain --untracked-files=all -- . ':!bin' ':!dist')" ]; then \
-		echo "Generated files are stale or unformatted; run 'make generate manifests fmt' and commit:"; \
+		echo "Generated files are stale or unformatted; run 'make generate manifests bundle fmt' and commit:"; \
 		git status --porcelain --untracked-files=all -- . ':!bin' ':!dist'; git --no-pager diff --stat; exit 1; fi
 	@echo "Generated code is up to date."
 
@@ -103,12 +121,64 @@ docker-build: ## Build the operator and data-plane images (needs a Docker engine
 	docker build --build-arg VERSION=$(VERSION) -t $(IMG) .
 	docker build --build-arg VERSION=$(VERSION) -t $(DATAPLANE_IMG) dataplane
 
+##@ Release
+
+.PHONY: bundle
+bundle: manifests release-tools ## Generate the OLM bundle (bundle/, bundle.Dockerfile) from config/manifests and config/default.
+	$(RELEASE_TOOLS)/bundle --config config/manifests --out bundle --version $(VERSION) --image $(IMG) \
+		--related-images ambient-dataplane=$(DATAPLANE_IMG) $(if $(DATAPLANE_REGISTRY_ARG),--manager-arg=$(DATAPLANE_REGISTRY_ARG)) \
+		--channels $(BUNDLE_CHANNELS) --default-channel $(BUNDLE_DEFAULT_CHANNEL) --replaces '$(BUNDLE_REPLACES)'
+
+.PHONY: bundle-validate
+bundle-validate: release-tools ## Validate bundle/ with operator-framework's validators; any error or warning fails.
+	$(RELEASE_TOOLS)/bundle-validate --bundle bundle
+
+.PHONY: installer
+installer: manifests $(KUSTOMIZE) ## Write dist/install.yaml: config/default with the operator image pinned to IMG.
+	@rm -rf dist/.installer; mkdir -p dist/.installer
+	@printf 'apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nresources:\n- ../../config/default\n' > dist/.installer/kustomization.yaml
+	@cd dist/.installer && $(KUSTOMIZE) edit set image ghcr.io/ambient-dev/ambient-operator=$(IMG)
+	@if [ -n "$(DATAPLANE_REGISTRY_ARG)" ]; then printf '%s\n' 'patches:' '- target: {kind: Deployment, name: ambient-operator-controller-manager}' \
+		'  patch: |-' '    - {op: add, path: /spec/template/spec/containers/0/args/-, value: "$(DATAPLANE_REGISTRY_ARG)"}' \
+		>> dist/.installer/kustomization.yaml; fi
+	$(KUSTOMIZE) build dist/.installer > dist/install.yaml
+	@rm -rf dist/.installer
+	@echo "Wrote dist/install.yaml (operator image $(IMG)): kubectl apply -f dist/install.yaml"
+
+.PHONY: image-build-check
+image-build-check: release-tools ## Replay the Dockerfiles' builds without Docker: COPY coverage, static binaries, versions.
+	$(RELEASE_TOOLS)/image-check --dockerfile Dockerfile --context . $(IMAGE_CHECK_ARGS) --out $(LOCALBIN)/image \
+		--exec --kubeconfig=/nonexistent --expect 'Starting ambient-operator'
+	$(RELEASE_TOOLS)/image-check --dockerfile dataplane/Dockerfile --context dataplane $(IMAGE_CHECK_ARGS) --out $(LOCALBIN)/image \
+		--exec version --expect ambient-dataplane
+	$(RELEASE_TOOLS)/image-check --dockerfile bundle.Dockerfile --context .
+
+IMAGE_CHECK_ARGS = --version $(VERSION) --build-arg TARGETOS=linux --build-arg TARGETARCH=$(shell go env GOARCH)
+
+.PHONY: docker-push
+docker-push: ## Push the operator and data-plane images (needs a Docker engine and a login).
+	docker push $(IMG)
+	docker push $(DATAPLANE_IMG)
+
+.PHONY: bundle-build
+bundle-build: ## Build the bundle image (needs a Docker engine).
+	docker build -f bundle.Dockerfile -t $(BUNDLE_IMG) .
+
+.PHONY: bundle-push
+bundle-push: ## Push the bundle image (needs a Docker engine and a login).
+	docker push $(BUNDLE_IMG)
+
+.PHONY: release-tools
+release-tools: ## Build the release tools of hack/release (bundle, bundle-validate, image-check) into bin/release.
+	cd hack/release && go build -o $(RELEASE_TOOLS)/ ./cmd/...
+
 ##@ Test
 
 .PHONY: test
-test: envtest ## Run the unit and envtest suites of both modules.
+test: envtest ## Run the unit and envtest suites of both modules and the release tools' tests.
 	go test ./... -count=1
 	cd dataplane && go test ./... -count=1
+	cd hack/release && go test ./... -count=1
 
 .PHONY: envtest
 envtest: $(K8SBIN)/.built ## Build envtest's kube-apiserver and etcd from source into bin/k8s (cached).
