@@ -218,6 +218,16 @@ var _ = Describe("The install manifests (kustomize build config/default)", Order
 		}
 	})
 
+	It("run an operator pod that the namespace's restricted Pod Security admits", func() {
+		dep := &appsv1.Deployment{}
+		typed(objs, "Deployment", operatorSA, dep)
+		pod := &corev1.Pod{
+			ObjectMeta: metav1.ObjectMeta{Namespace: operatorNS, Name: "operator-pod", Labels: dep.Spec.Template.Labels},
+			Spec:       dep.Spec.Template.Spec,
+		}
+		Expect(k8s.Create(ctx, pod, client.DryRunAll)).To(Succeed())
+	})
+
 	It("give the operator's service account the rights the operator uses", func() {
 		user := "system:serviceaccount:" + operatorNS + ":" + operatorSA
 		checks := []authorizationv1.ResourceAttributes{

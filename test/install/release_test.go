@@ -61,6 +61,9 @@ func TestReleaseVersionsAgree(t *testing.T) {
 	g.Expect(csv.GetName()).To(Equal("ambient-operator.v" + version))
 	csvVersion, _, _ := unstructured.NestedString(csv.Object, "spec", "version")
 	g.Expect(csvVersion).To(Equal(version))
+	description, _, _ := unstructured.NestedString(csv.Object, "spec", "description")
+	g.Expect(description).To(ContainSubstring("version: "+version),
+		"the getting-started example of config/manifests/bases/ambient-operator.clusterserviceversion.yaml must run the release's version")
 	operatorImage := render.DefaultRegistry + "/ambient-operator:v" + version
 	g.Expect(csv.GetAnnotations()).To(HaveKeyWithValue("containerImage", operatorImage))
 
