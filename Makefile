@@ -193,6 +193,24 @@ $(K8SBIN)/.built: hack/envtest/kube-apiserver/go.mod hack/envtest/etcd/go.mod
 	(cd hack/envtest/etcd && go build -trimpath -o $(K8SBIN)/etcd .); \
 	echo "$(ENVTEST_PIN)" > $@
 
+##@ Benchmarks
+
+# Extra flags of ambient-bench (`bin/ambient-bench --help`), e.g. BENCH_ARGS='--repeats 1 --phases throughput'.
+BENCH_ARGS ?=
+
+.PHONY: bench
+bench: ## Run the data-plane and xDS benchmarks (needs root).
+	@[ "$$(id -u)" = 0 ] || { echo "make bench needs root: it creates a network namespace and iptables rules (sudo make bench)"; exit 1; }
+	@mkdir -p $(LOCALBIN) dist
+	cd dataplane && CGO_ENABLED=0 go build -trimpath -ldflags '$(DP_LDFLAGS)' -o $(LOCALBIN)/ambient-dataplane ./cmd/ambient-dataplane
+	cd dataplane && CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/ambient-bench ./cmd/ambient-bench
+	@# Data plane, each proxy a separate process (docs/performance.md, "Data plane").
+	$(LOCALBIN)/ambient-bench --dataplane-bin $(LOCALBIN)/ambient-dataplane --markdown dist/bench-dataplane.md $(BENCH_ARGS)
+	@# The HBONE package alone, in one process: tunnel setup, round trips, throughput, idle-tunnel memory.
+	cd dataplane && go test -run '^$$' -bench . -benchtime 1s ./hbone/
+	@# xDS scale (docs/performance.md, "xDS"): dataplane/xds's env-gated TestScale.
+	cd dataplane && AMBIENT_XDS_SCALE=1 go test ./xds -run '^TestScale$$' -v -count=1
+
 ##@ Tools
 
 $(LOCALBIN):
