@@ -712,7 +712,7 @@ func (h *harness) profile(ctx context.Context, p path, run int, what string, d t
 	for _, node := range []string{"node-a", "node-b"} {
 		go func() {
 			defer func() { done <- struct{}{} }()
-			_, body, err := httpGet(ctx, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", h.chain[node].admin, seconds))
+			_, body, err := httpGet(ctx, fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", h.chain[node].admin, seconds), time.Duration(seconds)*time.Second+30*time.Second)
 			file := filepath.Join(h.opts.ProfileDir, fmt.Sprintf("%s-%s.pprof", node, what))
 			if err == nil {
 				err = os.WriteFile(file, body, 0o600)

@@ -106,7 +106,7 @@ func (p *process) waitTCP(ctx context.Context, addr string, timeout time.Duratio
 // waitReady waits until url answers 200.
 func (p *process) waitReady(ctx context.Context, url string, timeout time.Duration) error {
 	return p.poll(ctx, timeout, func() error {
-		code, _, err := httpGet(ctx, url)
+		code, _, err := httpGet(ctx, url, 10*time.Second)
 		if err == nil && code != http.StatusOK {
 			err = fmt.Errorf("%s answered %d", url, code)
 		}
@@ -128,8 +128,9 @@ func (p *process) poll(ctx context.Context, timeout time.Duration, check func() 
 	}
 }
 
-func httpGet(ctx context.Context, url string) (int, []byte, error) {
-	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+// httpGet fetches url within timeout.
+func httpGet(ctx context.Context, url string, timeout time.Duration) (int, []byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
@@ -188,13 +189,13 @@ func (p *process) sample(ctx context.Context) (MemSample, error) {
 	if p.admin == "" {
 		return m, nil
 	}
-	_, heap, err := httpGet(ctx, "http://"+p.admin+"/debug/pprof/heap?debug=1&gc=1")
+	_, heap, err := httpGet(ctx, "http://"+p.admin+"/debug/pprof/heap?debug=1&gc=1", 10*time.Second)
 	if err != nil {
 		return m, p.failure(err)
 	}
 	m.HeapInuse = memStat(heap, "# HeapInuse = ")
 	m.StackInuse = memStat(heap, "# Stack = ")
-	_, gr, err := httpGet(ctx, "http://"+p.admin+"/debug/pprof/goroutine?debug=1")
+	_, gr, err := httpGet(ctx, "http://"+p.admin+"/debug/pprof/goroutine?debug=1", 10*time.Second)
 	if err != nil {
 		return m, p.failure(err)
 	}
