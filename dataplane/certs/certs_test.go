@@ -1,4 +1,4 @@
-package certs
+package certs_test
 
 import (
 	"context"
@@ -10,6 +10,7 @@ import (
 	. "github.com/onsi/gomega"
 
 	"github.com/ambient-dev/ambient-operator/dataplane/ca"
+	"github.com/ambient-dev/ambient-operator/dataplane/certs"
 	"github.com/ambient-dev/ambient-operator/dataplane/identity"
 )
 
@@ -26,20 +27,20 @@ func TestFileProvider(t *testing.T) {
 	id := identity.New("cluster.local", "default", "sleep")
 	chain, key, err := signer.Issue(id, time.Hour)
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(WriteFiles(dir, id, chain, key)).To(Succeed())
+	g.Expect(certs.WriteFiles(dir, id, chain, key)).To(Succeed())
 
-	p := &FileProvider{Dir: dir, RootsFile: rootsFile, CheckInterval: time.Nanosecond}
+	p := &certs.FileProvider{Dir: dir, RootsFile: rootsFile, CheckInterval: time.Nanosecond}
 	c, err := p.Certificate(context.Background(), id)
 	g.Expect(err).NotTo(HaveOccurred())
 	g.Expect(c.Leaf.URIs[0].String()).To(Equal(id.String()))
 	g.Expect(p.Roots()).NotTo(BeNil())
 
 	_, err = p.Certificate(context.Background(), identity.New("cluster.local", "default", "other"))
-	g.Expect(err).To(MatchError(ErrNoCertificate))
+	g.Expect(err).To(MatchError(certs.ErrNoCertificate))
 
 	// A certificate for another identity in the wrong directory is refused.
 	wrong := identity.New("cluster.local", "default", "wrong")
-	g.Expect(WriteFiles(dir, wrong, chain, key)).To(Succeed())
+	g.Expect(certs.WriteFiles(dir, wrong, chain, key)).To(Succeed())
 	_, err = p.Certificate(context.Background(), wrong)
 	g.Expect(err).To(MatchError(ContainSubstring("not spiffe://cluster.local/ns/default/sa/wrong")))
 
@@ -47,7 +48,7 @@ func TestFileProvider(t *testing.T) {
 	chain2, key2, err := signer.Issue(id, 2*time.Hour)
 	g.Expect(err).NotTo(HaveOccurred())
 	time.Sleep(10 * time.Millisecond)
-	g.Expect(WriteFiles(dir, id, chain2, key2)).To(Succeed())
+	g.Expect(certs.WriteFiles(dir, id, chain2, key2)).To(Succeed())
 	future := time.Now().Add(time.Second)
 	g.Expect(os.Chtimes(filepath.Join(dir, "default", "sleep", "cert-chain.pem"), future, future)).To(Succeed())
 	c2, err := p.Certificate(context.Background(), id)
@@ -63,10 +64,10 @@ func TestFileProvider(t *testing.T) {
 
 func TestLoadRootsErrors(t *testing.T) {
 	g := NewWithT(t)
-	_, err := LoadRoots(filepath.Join(t.TempDir(), "missing"))
+	_, err := certs.LoadRoots(filepath.Join(t.TempDir(), "missing"))
 	g.Expect(err).To(HaveOccurred())
 	f := filepath.Join(t.TempDir(), "empty.pem")
 	g.Expect(os.WriteFile(f, []byte("not pem"), 0o600)).To(Succeed())
-	_, err = LoadRoots(f)
+	_, err = certs.LoadRoots(f)
 	g.Expect(err).To(MatchError(ContainSubstring("no PEM certificate")))
 }

@@ -411,7 +411,7 @@ func (l *lazyInformer) update(crd *unstructured.Unstructured) {
 	l.log.Info("Watching a custom resource: its CRD is installed", "resource", l.gvr.String())
 }
 
-// stop stops the informer and marks every object it held, which the translation then sees as gone.
+// stop stops the informer; the translation then sees every object of its kind as gone.
 func (l *lazyInformer) stop() {
 	l.mu.Lock()
 	inf, cancel, done := l.informer, l.cancel, l.done
@@ -422,10 +422,10 @@ func (l *lazyInformer) stop() {
 	}
 	cancel()
 	<-done
+	// Notifications still queued when the informer stopped are lost (a CRD's deletion deletes its objects
+	// first): have the translation re-check every object of this kind it knows.
 	keys := inf.GetIndexer().ListKeys()
-	for _, k := range keys {
-		l.mark(k)
-	}
+	l.mark(allKeys)
 	if l.ctx.Err() == nil {
 		l.log.Info("Stopped watching a custom resource: its CRD is gone", "resource", l.gvr.String(), "objects", len(keys))
 	}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"maps"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync"
@@ -16,7 +17,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
 )
 
 // InitialSyncDone is the system_version_info of the last response of a type's initial state on a stream:
@@ -64,6 +64,9 @@ type ServerOptions struct {
 	// reconnect storm does not hold the whole mesh in memory once per subscriber; default
 	// DefaultInitialSyncConcurrency.
 	InitialSyncConcurrency int
+	// PreEncoded says that the gRPC server was created with grpc.ForceServerCodecV2(Codec()): responses
+	// are then written from bytes encoded once per resource. Without it they are marshalled per stream.
+	PreEncoded bool
 	// Logger logs one line per stream and every NACK.
 	Logger logr.Logger
 	// Metrics records server metrics; nil records nothing.
@@ -95,12 +98,13 @@ type Server struct {
 
 // entry is one resource as sent: immutable once created.
 type entry struct {
-	name      string
-	version   string
-	res       *discoveryv3.Resource
-	size      int
-	nodes     bool
-	waypoints []string // sorted, unique
+	name    string
+	version string
+	// enc is the encoded discovery Resource (name, version, Any); value, a sub-slice of it, the encoded
+	// resource itself.
+	enc, value []byte
+	nodes      bool
+	waypoints  []string // sorted, unique
 }
 
 // NewServer returns a server with no resources.
@@ -175,14 +179,15 @@ func (s *Server) Apply(changes []Change) {
 	if len(changes) == 0 {
 		return
 	}
-	var nodeItems []item
+	encoded := encodeAll(changes)
+	nodeItems := make([]item, 0, len(changes))
 	wpItems := map[string][]item{}
 	addWp := func(w string, it item) { wpItems[w] = append(wpItems[w], it) }
 
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var counted [numTypes]bool
-	for _, c := range changes {
+	for i, c := range changes {
 		t, ok := typeIndex(c.TypeURL)
 		if !ok {
 			s.log.Error(nil, "Dropping a change of an unknown resource type", "type", c.TypeURL, "name", c.Name)
@@ -204,16 +209,16 @@ func (s *Server) Apply(changes []Change) {
 			}
 			continue
 		}
-		e, err := newEntry(c)
-		if err != nil {
-			s.log.Error(err, "Dropping a resource that does not encode", "type", typeNames[t], "name", c.Name)
+		e := encoded[i].e
+		if encoded[i].err != nil {
+			s.log.Error(encoded[i].err, "Dropping a resource that does not encode", "type", typeNames[t], "name", c.Name)
 			continue
 		}
 		if old != nil && old.version == e.version {
 			if old.nodes == e.nodes && slices.Equal(old.waypoints, e.waypoints) {
 				continue
 			}
-			e.res, e.size = old.res, old.size // same bytes: share them
+			e.enc, e.value = old.enc, old.value // same bytes: share them
 		}
 		s.entries[t][c.Name] = e
 		changed := old == nil || old.version != e.version
@@ -260,20 +265,56 @@ func (s *Server) Apply(changes []Change) {
 	}
 }
 
+type encodedChange struct {
+	e   *entry
+	err error
+}
+
+// parallelEncode is the number of changes from which Apply encodes on every CPU.
+const parallelEncode = 1024
+
+// encodeAll encodes the upserts of changes (outside the lock: encoding is the bulk of the work of a
+// large batch, such as the initial build).
+func encodeAll(changes []Change) []encodedChange {
+	out := make([]encodedChange, len(changes))
+	encode := func(i int) {
+		if changes[i].Resource != nil {
+			out[i].e, out[i].err = newEntry(changes[i])
+		}
+	}
+	workers := runtime.GOMAXPROCS(0)
+	if len(changes) < parallelEncode || workers < 2 {
+		for i := range changes {
+			encode(i)
+		}
+		return out
+	}
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < len(changes); i += workers {
+				encode(i)
+			}
+		})
+	}
+	wg.Wait()
+	return out
+}
+
 func newEntry(c Change) (*entry, error) {
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(c.Resource)
 	if err != nil {
 		return nil, err
 	}
 	version := strconv.FormatUint(xxhash.Sum64(b), 36)
-	res := &discoveryv3.Resource{Name: c.Name, Version: version, Resource: &anypb.Any{TypeUrl: c.TypeURL, Value: b}}
+	enc, value := encodeResource(c.Name, version, c.TypeURL, b)
 	wps := slices.Clone(c.Waypoints)
 	slices.Sort(wps)
 	wps = slices.Compact(wps)
 	if len(wps) == 0 {
 		wps = nil
 	}
-	return &entry{name: c.Name, version: version, res: res, size: proto.Size(res), nodes: c.Nodes, waypoints: wps}, nil
+	return &entry{name: c.Name, version: version, enc: enc, value: value, nodes: c.Nodes, waypoints: wps}, nil
 }
 
 func (s *Server) addMember(w string, t int, name string) {
@@ -502,27 +543,26 @@ func (s *Server) initialState(sub *subscriber, t int) ([]*entry, []string) {
 func (s *Server) send(stream grpc.ServerStream, sub *subscriber, t int, upserts []*entry, removals []string, marker string) error {
 	for {
 		n, size := 0, 0
-		for n < len(upserts) && (n == 0 || size+upserts[n].size <= s.opts.MaxResponseBytes) {
-			size += upserts[n].size
+		for n < len(upserts) && (n == 0 || size+len(upserts[n].enc) <= s.opts.MaxResponseBytes) {
+			size += len(upserts[n].enc)
 			n++
 		}
 		chunk := upserts[:n]
 		upserts = upserts[n:]
 		last := len(upserts) == 0
-		resp := &discoveryv3.DeltaDiscoveryResponse{
-			TypeUrl:          typeURLs[t],
-			Nonce:            sub.nonce(),
-			RemovedResources: removals,
-			Resources:        make([]*discoveryv3.Resource, len(chunk)),
-		}
-		for i, e := range chunk {
-			resp.Resources[i] = e.res
-		}
+		sys := ""
 		if last {
-			resp.SystemVersionInfo = marker
+			sys = marker
 		}
-		sub.sent(resp.Nonce, t, chunk)
-		if err := stream.SendMsg(resp); err != nil {
+		nonce := sub.nonce()
+		var msg any
+		if s.opts.PreEncoded {
+			msg = &encodedResponse{b: encodeResponse(typeURLs[t], nonce, sys, chunk, removals)}
+		} else {
+			msg = responseMessage(typeURLs[t], nonce, sys, chunk, removals)
+		}
+		sub.sent(nonce, t, chunk)
+		if err := stream.SendMsg(msg); err != nil {
 			return err
 		}
 		s.metrics.response(t, len(chunk)+len(removals))

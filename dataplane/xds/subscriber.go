@@ -79,8 +79,8 @@ func (s *subscriber) takePending(t int) ([]*entry, []string) {
 	var removals []string
 	for name, e := range s.pending[t] {
 		if e == nil {
+			// The refused version stays remembered: if the same bytes come back, they are still refused.
 			removals = append(removals, name)
-			delete(s.nacked[t], name)
 			continue
 		}
 		if v, ok := s.nacked[t][name]; ok {

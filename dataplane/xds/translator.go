@@ -3,6 +3,7 @@ package xds
 import (
 	"context"
 	"maps"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -210,11 +211,30 @@ type batch struct {
 	changes      []Change
 }
 
+// allKeys, marked dirty, means every object of the kind that the translation knows.
+const allKeys = "*"
+
+func expandAll[V any](dirty map[string]struct{}, known map[string]V) {
+	if _, ok := dirty[allKeys]; !ok {
+		return
+	}
+	delete(dirty, allKeys)
+	for k := range known {
+		dirty[k] = struct{}{}
+	}
+}
+
+// parallelPods is the number of dirty pods from which a batch translates pods on every CPU.
+const parallelPods = 2048
+
 func (c *core) process(d [numKinds]map[string]struct{}) []Change {
 	b := &batch{c: c, d: d, emitPolicies: map[string]struct{}{}}
+	b.changes = make([]Change, 0, len(d[kindService])+len(d[kindPod])+2*len(d[kindPolicy]))
 	for ns := range d[kindNamespace] {
 		b.markNamespace(ns)
 	}
+	expandAll(d[kindWaypoint], c.waypoints)
+	expandAll(d[kindPolicy], c.policies)
 	for k := range d[kindWaypoint] {
 		b.waypoint(k)
 	}
@@ -224,13 +244,42 @@ func (c *core) process(d [numKinds]map[string]struct{}) []Change {
 	for k := range d[kindService] {
 		b.service(k)
 	}
-	for k := range d[kindPod] {
-		b.pod(k)
-	}
+	b.pods(d[kindPod])
 	for k := range b.emitPolicies {
 		b.emitPolicy(k)
 	}
 	return b.changes
+}
+
+// pods translates the dirty pods. Translating a pod only reads the state the earlier steps updated, so
+// a large batch (the initial build, a namespace relabel) is spread over every CPU.
+func (b *batch) pods(dirty map[string]struct{}) {
+	workers := runtime.GOMAXPROCS(0)
+	if len(dirty) < parallelPods || workers < 2 {
+		for k := range dirty {
+			b.pod(k)
+		}
+		return
+	}
+	keys := make([]string, 0, len(dirty))
+	for k := range dirty {
+		keys = append(keys, k)
+	}
+	parts := make([][]Change, workers)
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Go(func() {
+			sub := &batch{c: b.c, changes: make([]Change, 0, len(keys)/workers+1)}
+			for i := w; i < len(keys); i += workers {
+				sub.pod(keys[i])
+			}
+			parts[w] = sub.changes
+		})
+	}
+	wg.Wait()
+	for _, p := range parts {
+		b.changes = append(b.changes, p...)
+	}
 }
 
 func (b *batch) mark(kind int, key string) { b.d[kind][key] = struct{}{} }

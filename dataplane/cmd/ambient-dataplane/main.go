@@ -38,6 +38,7 @@ tests and local runs can move them.`,
 	root.AddCommand(newVersionCommand())
 	addProxyCommands(root)
 	root.AddCommand(newCNICommand())
+	root.AddCommand(newXDSCommand())
 	return root
 }
 
