@@ -182,7 +182,7 @@ func (p *Proxy) sync(ctx context.Context) {
 	}
 	want := map[string]*state.Workload{}
 	for _, w := range snap.NodeWorkloads(p.cfg.Node) {
-		if w.InMesh() && len(w.Addresses) > 0 {
+		if w.InMesh() && !w.Proto.GetNativeHbone() && len(w.Addresses) > 0 {
 			want[w.Key] = w
 		}
 	}

@@ -636,7 +636,9 @@ func (b *batch) pod(key string) {
 	if !podReady(pod) {
 		w.Status = api.WorkloadStatus_UNHEALTHY
 	}
-	if pod.Labels[LabelWaypoint] == "" && !c.enroll.enrolled(ns, pod) {
+	if pod.Labels[LabelWaypoint] != "" {
+		w.NativeHbone = true
+	} else if !c.enroll.enrolled(ns, pod) {
 		w.Tunnel = api.TunnelProtocol_NONE
 	}
 	var wps []string

@@ -159,7 +159,10 @@ type Workload struct {
 	// NONE when it is not and takes plaintext.
 	Tunnel TunnelProtocol `protobuf:"varint,12,opt,name=tunnel,proto3,enum=ambient.dev.v1alpha1.TunnelProtocol" json:"tunnel,omitempty"`
 	// trust_domain of the pod's identity; empty means the mesh's trust domain.
-	TrustDomain   string `protobuf:"bytes,13,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	TrustDomain string `protobuf:"bytes,13,opt,name=trust_domain,json=trustDomain,proto3" json:"trust_domain,omitempty"`
+	// native_hbone is true for a pod that terminates HBONE itself (a waypoint): peers tunnel to it
+	// directly, and its node proxy neither captures its traffic nor acts for it.
+	NativeHbone   bool `protobuf:"varint,14,opt,name=native_hbone,json=nativeHbone,proto3" json:"native_hbone,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -283,6 +286,13 @@ func (x *Workload) GetTrustDomain() string {
 		return x.TrustDomain
 	}
 	return ""
+}
+
+func (x *Workload) GetNativeHbone() bool {
+	if x != nil {
+		return x.NativeHbone
+	}
+	return false
 }
 
 // ServiceBinding ties a workload to a service that selects it.
@@ -546,7 +556,7 @@ var File_workload_proto protoreflect.FileDescriptor
 
 const file_workload_proto_rawDesc = "" +
 	"\n" +
-	"\x0eworkload.proto\x12\x14ambient.dev.v1alpha1\"\xa1\x04\n" +
+	"\x0eworkload.proto\x12\x14ambient.dev.v1alpha1\"\xc4\x04\n" +
 	"\bWorkload\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1c\n" +
 	"\tnamespace\x18\x02 \x01(\tR\tnamespace\x12\x1c\n" +
@@ -561,7 +571,8 @@ const file_workload_proto_rawDesc = "" +
 	" \x01(\tR\x11canonicalRevision\x125\n" +
 	"\x16authorization_policies\x18\v \x03(\tR\x15authorizationPolicies\x12<\n" +
 	"\x06tunnel\x18\f \x01(\x0e2$.ambient.dev.v1alpha1.TunnelProtocolR\x06tunnel\x12!\n" +
-	"\ftrust_domain\x18\r \x01(\tR\vtrustDomain\"c\n" +
+	"\ftrust_domain\x18\r \x01(\tR\vtrustDomain\x12!\n" +
+	"\fnative_hbone\x18\x0e \x01(\bR\vnativeHbone\"c\n" +
 	"\x0eServiceBinding\x12\x18\n" +
 	"\aservice\x18\x01 \x01(\tR\aservice\x127\n" +
 	"\x05ports\x18\x02 \x03(\v2!.ambient.dev.v1alpha1.PortMappingR\x05ports\"Q\n" +

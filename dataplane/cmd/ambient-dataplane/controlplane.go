@@ -2,10 +2,55 @@ package main
 
 import (
 	"context"
-	"errors"
+	"fmt"
+
+	"github.com/ambient-dev/ambient-operator/dataplane/ca"
+	"github.com/ambient-dev/ambient-operator/dataplane/identity"
+	"github.com/ambient-dev/ambient-operator/dataplane/xds"
 )
 
-// startControlPlane subscribes the store to the xDS server and gets certificates from its CA.
-func (rt *proxyRuntime) startControlPlane(_ context.Context, _ string) error {
-	return errors.New("--xds-address: the xDS client is not available in this build yet; use --config, --cert-dir and --root-cert")
+// startControlPlane subscribes the store to the xDS server and takes workload certificates from its CA
+// (both at --xds-address). Readiness item "config" is done once the first full state arrived; the proxy
+// itself reports "certificates". While the server is unreachable the proxy keeps serving with the state
+// and certificates it has; the clients reconnect with backoff.
+func (rt *proxyRuntime) startControlPlane(ctx context.Context, node xds.NodeInfo) error {
+	f := rt.flags
+	serverID, err := identity.Parse(f.xdsIdentity)
+	if err != nil {
+		return fmt.Errorf("--xds-identity: %w", err)
+	}
+	certClient, err := ca.NewClient(ca.ClientConfig{
+		Address: f.xdsAddress, ServerIdentity: serverID, RootCertFile: f.rootCert, TokenFile: f.token,
+		TrustDomain: f.trustDomain, Logger: rt.log.WithName("ca-client"),
+	})
+	if err != nil {
+		return fmt.Errorf("certificate client: %w", err)
+	}
+	client, err := xds.NewClient(xds.ClientOptions{
+		Address: f.xdsAddress, Identity: f.xdsIdentity, RootCertFile: f.rootCert, TokenFile: f.token,
+		Node: node, Store: rt.store, Logger: rt.log, Metrics: rt.metrics,
+	})
+	if err != nil {
+		_ = certClient.Close()
+		return fmt.Errorf("xds client: %w", err)
+	}
+	rt.certs = certClient
+	go func() {
+		if err := client.Run(ctx); err != nil && ctx.Err() == nil {
+			rt.log.Error(err, "The xDS client stopped")
+		}
+	}()
+	go func() {
+		select {
+		case <-client.Synced():
+			rt.ready.Done("config")
+			rt.log.Info("Received the initial configuration from the xDS server", "address", f.xdsAddress)
+		case <-ctx.Done():
+		}
+	}()
+	go func() {
+		<-ctx.Done()
+		_ = certClient.Close()
+	}()
+	return nil
 }

@@ -8,6 +8,7 @@ import (
 
 	"github.com/ambient-dev/ambient-operator/dataplane/proxy"
 	"github.com/ambient-dev/ambient-operator/dataplane/redirect"
+	"github.com/ambient-dev/ambient-operator/dataplane/xds"
 )
 
 func newNodeCommand() *cobra.Command {
@@ -29,7 +30,7 @@ listeners bind the workload's address in the proxy's own network namespace.`,
 			}
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
-			rt, err := newProxyRuntime(ctx, f, "node-proxy")
+			rt, err := newProxyRuntime(ctx, f, "node-proxy", xds.NodeInfo{Role: xds.RoleNode, NodeName: nodeName})
 			if err != nil {
 				return err
 			}

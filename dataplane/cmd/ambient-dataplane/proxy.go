@@ -22,6 +22,7 @@ import (
 	"github.com/ambient-dev/ambient-operator/dataplane/state"
 	"github.com/ambient-dev/ambient-operator/dataplane/telemetry"
 	"github.com/ambient-dev/ambient-operator/dataplane/version"
+	"github.com/ambient-dev/ambient-operator/dataplane/xds"
 )
 
 // proxyFlags are the flags node proxies and waypoints share.
@@ -92,7 +93,9 @@ type proxyRuntime struct {
 	agent *redirect.Agent
 }
 
-func newProxyRuntime(ctx context.Context, f *proxyFlags, role string) (*proxyRuntime, error) {
+// newProxyRuntime sets up logging, metrics, readiness, the state store and the certificates: from the
+// control plane at --xds-address (node says who subscribes), else from --config and --cert-dir.
+func newProxyRuntime(ctx context.Context, f *proxyFlags, role string, node xds.NodeInfo) (*proxyRuntime, error) {
 	if err := f.validate(); err != nil {
 		return nil, err
 	}
@@ -109,7 +112,7 @@ func newProxyRuntime(ctx context.Context, f *proxyFlags, role string) (*proxyRun
 	rt.access = telemetry.NewAccessLog(logging.Logger())
 	rt.log.Info("Starting", "role", role, "version", version.Version)
 	if f.xdsAddress != "" {
-		if err := rt.startControlPlane(ctx, role); err != nil {
+		if err := rt.startControlPlane(ctx, node); err != nil {
 			return nil, err
 		}
 		return rt, nil

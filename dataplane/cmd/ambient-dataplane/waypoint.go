@@ -10,6 +10,7 @@ import (
 
 	"github.com/ambient-dev/ambient-operator/dataplane/identity"
 	"github.com/ambient-dev/ambient-operator/dataplane/proxy"
+	"github.com/ambient-dev/ambient-operator/dataplane/xds"
 )
 
 func newWaypointCommand() *cobra.Command {
@@ -40,7 +41,7 @@ with the waypoint's own identity.`,
 			}
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
-			rt, err := newProxyRuntime(ctx, f, "waypoint")
+			rt, err := newProxyRuntime(ctx, f, "waypoint", xds.NodeInfo{Role: xds.RoleWaypoint, Namespace: namespace, Waypoint: name})
 			if err != nil {
 				return err
 			}
