@@ -82,6 +82,8 @@ type Config struct {
 
 	// ConnectTimeout bounds connecting to an upstream or opening a tunnel; default 5s.
 	ConnectTimeout time.Duration
+	// RetryInterval is how often listeners and certificates that failed are tried again; default 10s.
+	RetryInterval time.Duration
 	// HBONE tunes the HBONE server and pool; zero values take the package defaults.
 	HBONEServer hbone.ServerConfig
 	HBONEPool   hbone.PoolConfig
@@ -128,6 +130,9 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = 5 * time.Second
 	}
+	if cfg.RetryInterval <= 0 {
+		cfg.RetryInterval = 10 * time.Second
+	}
 	p := &Proxy{
 		cfg:       cfg,
 		log:       cfg.Log,
@@ -158,7 +163,7 @@ func New(cfg Config) (*Proxy, error) {
 func (p *Proxy) Run(ctx context.Context) error {
 	updates := p.cfg.Store.Subscribe()
 	p.sync(ctx)
-	ticker := time.NewTicker(10 * time.Second) // retries listeners and certificates that failed
+	ticker := time.NewTicker(p.cfg.RetryInterval) // retries listeners and certificates that failed
 	defer ticker.Stop()
 	for {
 		select {
@@ -280,15 +285,27 @@ func (p *Proxy) hookOpened(w *state.Workload) {
 }
 
 func (p *Proxy) syncWaypoint(ctx context.Context) {
+	if p.openWaypointListener(ctx) {
+		// Every sync (and the periodic retry) until the certificate is there; a cached one costs nothing.
+		p.prefetchCertificates(ctx, nil)
+	}
+}
+
+// openWaypointListener opens the waypoint's HBONE listener unless it is open; it reports whether the
+// listener is open.
+func (p *Proxy) openWaypointListener(ctx context.Context) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.draining || p.listeners[""] != nil {
-		return
+	if p.draining {
+		return false
+	}
+	if p.listeners[""] != nil {
+		return true
 	}
 	l, err := ListenReusePort(ctx, p.cfg.Waypoint.Listen)
 	if err != nil {
 		p.log.Error(err, "Opening the waypoint's HBONE listener; retrying later")
-		return
+		return false
 	}
 	p.listeners[""] = &workloadListeners{addr: p.cfg.Waypoint.Listen.Addr(), ls: []net.Listener{l}}
 	p.serving.Add(1)
@@ -299,7 +316,7 @@ func (p *Proxy) syncWaypoint(ctx context.Context) {
 		}
 	}()
 	p.log.Info("Serving as waypoint", "waypoint", p.cfg.Waypoint.Key, "address", p.cfg.Waypoint.Listen.String(), "identity", p.cfg.Waypoint.Identity.String())
-	go p.prefetchCertificates(ctx, nil)
+	return true
 }
 
 // serve runs an accept loop; each connection is handled on its own goroutine, tracked for drain.

@@ -336,3 +336,25 @@ func TestReadinessWaitsForCertificates(t *testing.T) {
 	g.Expect(store.Apply(state.Delta{Upsert: state.Resources{Workloads: []*api.Workload{{Name: "y", Namespace: "ns", Node: "node-other"}}}})).To(Succeed())
 	g.Eventually(ready.Ready).Should(BeTrue())
 }
+
+// A waypoint whose certificate cannot be had at first becomes ready once the CA issues it, without any
+// change of configuration: the periodic retry fetches it again.
+func TestWaypointReadinessRetriesCertificate(t *testing.T) {
+	g := NewWithT(t)
+	store := state.NewStore(td)
+	g.Expect(store.Replace(state.Resources{})).To(Succeed())
+	iss := newIssuer(t)
+	wpID := identity.New(td, "ns", "wp")
+	iss.Refuse(wpID, true)
+	ready := newReadiness()
+	p, err := New(Config{Mode: WaypointMode, Waypoint: WaypointConfig{Key: "ns/wp", Identity: wpID, Listen: netip.MustParseAddrPort("127.0.4.9:0")},
+		Store: store, Certs: iss, Network: newTestNetwork(), Ready: ready, RetryInterval: 50 * time.Millisecond})
+	g.Expect(err).NotTo(HaveOccurred())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = p.Run(ctx) }()
+	defer func() { cancel(); <-done; _ = p.Close() }()
+	g.Consistently(ready.Ready, 300*time.Millisecond).Should(BeFalse())
+	iss.Refuse(wpID, false)
+	g.Eventually(ready.Ready, 5*time.Second).Should(BeTrue())
+}
