@@ -15,6 +15,7 @@ import (
 
 	"github.com/go-logr/logr"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
@@ -131,6 +132,12 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		grpc.WithPerRPCCredentials(tokenFile(cfg.TokenFile)),
 		// Pings only while a call is open, no more often than gRPC servers accept by default (5 min).
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 5 * time.Minute, Timeout: 20 * time.Second}),
+		// Reconnect quickly: a proxy that starts while the CA's Service has no ready endpoint (a rollout
+		// of the xDS server) must not sit in gRPC's default backoff (up to 2 min) while its pods wait.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 2 * time.Second},
+			MinConnectTimeout: 5 * time.Second,
+		}),
 	}, cfg.DialOptions...)
 	conn, err := grpc.NewClient(cfg.Address, opts...)
 	if err != nil {

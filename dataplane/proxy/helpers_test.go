@@ -285,7 +285,7 @@ var _ = logr.Discard
 
 type tlsCertificate = tls.Certificate
 
-func newReadiness() *telemetry.Readiness { return telemetry.NewReadiness("certificates") }
+func newReadiness() *telemetry.Readiness { return telemetry.NewReadiness(ReadyWorkloads) }
 
 // collectorFor reads one counter of a proxy's registry by labels.
 type collectorFor struct {

@@ -61,6 +61,9 @@ type WaypointConfig struct {
 	Listen netip.AddrPort
 }
 
+// ReadyWorkloads is the readiness item the proxy reports (Config.Ready).
+const ReadyWorkloads = "workloads"
+
 // Config configures a proxy.
 type Config struct {
 	Mode Mode
@@ -77,8 +80,12 @@ type Config struct {
 	Log       logr.Logger
 	Metrics   *telemetry.Metrics
 	AccessLog *telemetry.AccessLog
-	// Ready receives the "certificates" readiness item; may be nil.
+	// Ready receives the "workloads" readiness item: done once the proxy serves every workload of a
+	// synced snapshot (listeners open, capture started, certificates held); may be nil.
 	Ready *telemetry.Readiness
+	// ConfigSynced, when set, is closed once the store holds the control plane's full state; until then
+	// the proxy is not ready. Nil: the store is complete from the start (static configuration).
+	ConfigSynced <-chan struct{}
 
 	// ConnectTimeout bounds connecting to an upstream or opening a tunnel; default 5s.
 	ConnectTimeout time.Duration
@@ -162,6 +169,7 @@ func New(cfg Config) (*Proxy, error) {
 // mode: one set per local workload) and re-checks open connections after every policy change.
 func (p *Proxy) Run(ctx context.Context) error {
 	updates := p.cfg.Store.Subscribe()
+	synced := p.cfg.ConfigSynced
 	p.sync(ctx)
 	ticker := time.NewTicker(p.cfg.RetryInterval) // retries listeners and certificates that failed
 	defer ticker.Stop()
@@ -172,9 +180,42 @@ func (p *Proxy) Run(ctx context.Context) error {
 		case <-updates:
 			p.sync(ctx)
 			p.revalidate()
+		case <-synced:
+			synced = nil // a closed channel once is enough
+			p.sync(ctx)
 		case <-ticker.C:
 			p.sync(ctx)
 		}
+	}
+}
+
+// configSynced reports whether the store holds the control plane's full state.
+func (p *Proxy) configSynced() bool {
+	if p.cfg.ConfigSynced == nil {
+		return true
+	}
+	select {
+	case <-p.cfg.ConfigSynced:
+		return true
+	default:
+		return false
+	}
+}
+
+// setReady reports the "workloads" readiness item: ready when the last sync served everything of a
+// synced snapshot.
+func (p *Proxy) setReady(complete bool, pending string) {
+	if p.cfg.Ready == nil {
+		return
+	}
+	switch {
+	case !p.configSynced():
+		p.cfg.Ready.Pending(ReadyWorkloads)
+	case complete:
+		p.cfg.Ready.Done(ReadyWorkloads)
+	default:
+		p.cfg.Ready.Pending(ReadyWorkloads)
+		p.log.V(1).Info("Not ready", "pending", pending)
 	}
 }
 
@@ -221,19 +262,50 @@ func (p *Proxy) sync(ctx context.Context) {
 		}
 	}
 	p.mu.Unlock()
+	var failed []string
 	for _, w := range retry {
-		p.hookOpened(w)
+		if !p.hookOpened(w) {
+			failed = append(failed, w.Key)
+		}
 	}
 
+	// Certificates first: a listener joins the workload's port group (beside a predecessor's during an
+	// upgrade) only once it can complete handshakes for the workload. If the CA does not answer in time,
+	// open anyway: captured traffic then fails closed instead of bypassing the mesh.
+	p.fetchCertificates(ctx, open)
 	for _, w := range open {
 		if err := p.openWorkload(ctx, w); err != nil {
 			p.log.Error(err, "Opening the listeners of a workload; retrying later", "workload", w.Key)
+			failed = append(failed, w.Key)
 			continue
 		}
 		// On this goroutine, so that capture starts and stops in the order the workload came and went.
-		p.hookOpened(w)
+		if !p.hookOpened(w) {
+			failed = append(failed, w.Key)
+		}
 	}
-	p.prefetchCertificates(ctx, want)
+	missing := p.prefetchCertificates(ctx, want)
+	p.setReady(len(failed) == 0 && len(missing) == 0, fmt.Sprintf("workloads %v, certificates %v", failed, missing))
+}
+
+// fetchCertificates gets the certificates of the workloads' identities in parallel, each bounded by
+// ConnectTimeout; failures are logged (and retried by prefetchCertificates).
+func (p *Proxy) fetchCertificates(ctx context.Context, ws []*state.Workload) {
+	ids := map[identity.Identity]bool{}
+	for _, w := range ws {
+		ids[w.Identity] = true
+	}
+	var wg sync.WaitGroup
+	for id := range ids {
+		wg.Go(func() {
+			cctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
+			defer cancel()
+			if _, err := p.cfg.Certs.Certificate(cctx, id); err != nil {
+				p.log.Error(err, "No certificate yet for a workload about to be served", "identity", id.String())
+			}
+		})
+	}
+	wg.Wait()
 }
 
 func (p *Proxy) openWorkload(ctx context.Context, w *state.Workload) error {
@@ -268,27 +340,31 @@ func (p *Proxy) openWorkload(ctx context.Context, w *state.Workload) error {
 }
 
 // hookOpened tells the Network that a workload's listeners are open (in-pod: start capturing).
-func (p *Proxy) hookOpened(w *state.Workload) {
+func (p *Proxy) hookOpened(w *state.Workload) bool {
 	hooks, ok := p.cfg.Network.(WorkloadHooks)
 	if !ok {
-		return
+		return true
 	}
 	if err := hooks.Opened(w); err != nil {
 		p.log.Error(err, "Starting to capture a workload's traffic; retrying later", "workload", w.Key)
-		return
+		return false
 	}
 	p.mu.Lock()
 	if wl := p.listeners[w.Key]; wl != nil {
 		wl.hooked = true
 	}
 	p.mu.Unlock()
+	return true
 }
 
 func (p *Proxy) syncWaypoint(ctx context.Context) {
-	if p.openWaypointListener(ctx) {
-		// Every sync (and the periodic retry) until the certificate is there; a cached one costs nothing.
-		p.prefetchCertificates(ctx, nil)
+	if !p.openWaypointListener(ctx) {
+		p.setReady(false, "the HBONE listener")
+		return
 	}
+	// Every sync (and the periodic retry) until the certificate is there; a cached one costs nothing.
+	missing := p.prefetchCertificates(ctx, nil)
+	p.setReady(len(missing) == 0, fmt.Sprintf("certificates %v", missing))
 }
 
 // openWaypointListener opens the waypoint's HBONE listener unless it is open; it reports whether the
@@ -344,7 +420,7 @@ func (p *Proxy) serve(l net.Listener, handle func(net.Conn)) {
 
 // prefetchCertificates fetches the certificates of the local workloads (or the waypoint's own) so that
 // the first connection does not wait, and reports readiness.
-func (p *Proxy) prefetchCertificates(ctx context.Context, local map[string]*state.Workload) {
+func (p *Proxy) prefetchCertificates(ctx context.Context, local map[string]*state.Workload) (missing []string) {
 	ids := map[identity.Identity]bool{}
 	if p.cfg.Mode == WaypointMode {
 		ids[p.cfg.Waypoint.Identity] = true
@@ -352,7 +428,6 @@ func (p *Proxy) prefetchCertificates(ctx context.Context, local map[string]*stat
 	for _, w := range local {
 		ids[w.Identity] = true
 	}
-	var missing []string
 	for id := range ids {
 		cctx, cancel := context.WithTimeout(ctx, p.cfg.ConnectTimeout)
 		_, err := p.cfg.Certs.Certificate(cctx, id)
@@ -362,14 +437,7 @@ func (p *Proxy) prefetchCertificates(ctx context.Context, local map[string]*stat
 			p.log.Error(err, "Fetching a workload certificate", "identity", id.String())
 		}
 	}
-	if p.cfg.Ready == nil {
-		return
-	}
-	if len(missing) == 0 {
-		p.cfg.Ready.Done("certificates")
-	} else {
-		p.cfg.Ready.Pending("certificates")
-	}
+	return missing
 }
 
 // serverCertificate presents the identity of the workload a connection arrived for (node mode: the

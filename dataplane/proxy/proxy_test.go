@@ -358,3 +358,25 @@ func TestWaypointReadinessRetriesCertificate(t *testing.T) {
 	iss.Refuse(wpID, false)
 	g.Eventually(ready.Ready, 5*time.Second).Should(BeTrue())
 }
+
+// A proxy fed by a control plane is not ready before the full state arrived, even with nothing to serve
+// yet: an empty snapshot is not a synced one.
+func TestReadinessWaitsForSyncedConfig(t *testing.T) {
+	g := NewWithT(t)
+	store := state.NewStore(td)
+	iss := newIssuer(t)
+	ready := newReadiness()
+	synced := make(chan struct{})
+	p, err := New(Config{Mode: NodeMode, Node: "node-z", Store: store, Certs: iss, Network: newTestNetwork(), Ready: ready, ConfigSynced: synced})
+	g.Expect(err).NotTo(HaveOccurred())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = p.Run(ctx) }()
+	defer func() { cancel(); <-done; _ = p.Close() }()
+	res := state.Resources{Workloads: []*api.Workload{{Name: "x", Namespace: "ns", Addresses: [][]byte{ip("127.0.4.6")}, Node: "node-z", ServiceAccount: "x"}}}
+	g.Expect(store.Replace(res)).To(Succeed())
+	g.Consistently(ready.Ready, 300*time.Millisecond).Should(BeFalse())
+	close(synced)
+	g.Eventually(ready.Ready).Should(BeTrue())
+	g.Expect(p.listenerCount()).To(Equal(1))
+}

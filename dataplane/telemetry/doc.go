@@ -8,7 +8,7 @@
 //	log := logging.Logger()
 //	metrics := telemetry.NewMetrics()
 //	access := telemetry.NewAccessLog(log)
-//	ready := telemetry.NewReadiness("config", "certificates")
+//	ready := telemetry.NewReadiness("config", "workloads")
 //
 //	// per connection, once the peers are known:
 //	conn := metrics.Open(telemetry.ConnectionLabels{Reporter: telemetry.ReporterSource, ...})

@@ -11,7 +11,7 @@ import (
 
 // startControlPlane subscribes the store to the xDS server and takes workload certificates from its CA
 // (both at --xds-address). Readiness item "config" is done once the first full state arrived; the proxy
-// itself reports "certificates". While the server is unreachable the proxy keeps serving with the state
+// itself reports "workloads" once it serves every local workload of that state. While the server is unreachable the proxy keeps serving with the state
 // and certificates it has; the clients reconnect with backoff.
 func (rt *proxyRuntime) startControlPlane(ctx context.Context, node xds.NodeInfo) error {
 	f := rt.flags
@@ -35,6 +35,7 @@ func (rt *proxyRuntime) startControlPlane(ctx context.Context, node xds.NodeInfo
 		return fmt.Errorf("xds client: %w", err)
 	}
 	rt.certs = certClient
+	rt.synced = client.Synced()
 	go func() {
 		if err := client.Run(ctx); err != nil && ctx.Err() == nil {
 			rt.log.Error(err, "The xDS client stopped")

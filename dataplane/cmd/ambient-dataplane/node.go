@@ -41,7 +41,7 @@ listeners bind the workload's address in the proxy's own network namespace.`,
 			p, err := proxy.New(proxy.Config{
 				Mode: proxy.NodeMode, Node: nodeName,
 				Store: rt.store, Certs: rt.certs, Network: network, Ports: f.ports,
-				Log: rt.log, Metrics: rt.metrics, AccessLog: rt.access, Ready: rt.ready,
+				Log: rt.log, Metrics: rt.metrics, AccessLog: rt.access, Ready: rt.ready, ConfigSynced: rt.synced,
 				ConnectTimeout: f.connectTimeout,
 			})
 			if err != nil {

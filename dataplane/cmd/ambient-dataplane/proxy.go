@@ -89,6 +89,8 @@ type proxyRuntime struct {
 	ready   *telemetry.Readiness
 	store   *state.Store
 	certs   certs.Provider
+	// synced is closed once the xDS client holds the full state; nil with a static configuration.
+	synced <-chan struct{}
 	// agent is the node agent in in-pod mode.
 	agent *redirect.Agent
 }
@@ -106,7 +108,7 @@ func newProxyRuntime(ctx context.Context, f *proxyFlags, role string, node xds.N
 	rt := &proxyRuntime{
 		flags: f, logging: logging, log: logging.Logger().WithName(role),
 		metrics: telemetry.NewMetrics(),
-		ready:   telemetry.NewReadiness("config", "certificates"),
+		ready:   telemetry.NewReadiness("config", proxy.ReadyWorkloads),
 		store:   state.NewStore(f.trustDomain),
 	}
 	rt.access = telemetry.NewAccessLog(logging.Logger())

@@ -55,7 +55,7 @@ with the waypoint's own identity.`,
 					Key: namespace + "/" + name, Identity: identity.New(f.trustDomain, namespace, serviceAccount), Listen: addr,
 				},
 				Store: rt.store, Certs: rt.certs, Network: proxy.LocalNetwork{Mark: f.mark, Self: self}, Ports: f.ports,
-				Log: rt.log, Metrics: rt.metrics, AccessLog: rt.access, Ready: rt.ready,
+				Log: rt.log, Metrics: rt.metrics, AccessLog: rt.access, Ready: rt.ready, ConfigSynced: rt.synced,
 				ConnectTimeout: f.connectTimeout,
 			})
 			if err != nil {
