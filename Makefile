@@ -112,6 +112,15 @@ build: ## Build the operator (bin/manager) and the data plane (bin/ambient-datap
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(LOCALBIN)/manager .
 	cd dataplane && CGO_ENABLED=0 go build -trimpath -ldflags '$(DP_LDFLAGS)' -o $(LOCALBIN)/ambient-dataplane ./cmd/ambient-dataplane
 
+.PHONY: demo
+demo: system-packages envtest build demo-bin ## Run the mesh on this machine: 2 nodes in network namespaces, the operator, traffic, a waypoint, a policy (needs root).
+	$(LOCALBIN)/ambient-demo --bin $(LOCALBIN) $(DEMO_ARGS)
+
+# ambient-demo finds the repository (samples, CRDs) from its source paths: no -trimpath.
+.PHONY: demo-bin
+demo-bin:
+	go build -o $(LOCALBIN)/ambient-demo ./hack/demo
+
 .PHONY: run
 run: manifests ## Run the operator against the cluster of the current kubeconfig.
 	go run -ldflags '$(LDFLAGS)' . --metrics-secure=false --metrics-bind-address=:8080
@@ -175,10 +184,19 @@ release-tools: ## Build the release tools of hack/release (bundle, bundle-valida
 ##@ Test
 
 .PHONY: test
-test: envtest ## Run the unit and envtest suites of both modules and the release tools' tests.
-	go test ./... -count=1
+test: envtest ## Run every suite: unit, fuzz seeds and envtest of both modules, the release tools', and the end-to-end suite.
+	go test $$(go list ./... | grep -v /test/e2e) -count=1
 	cd dataplane && go test ./... -count=1
 	cd hack/release && go test ./... -count=1
+	$(MAKE) test-e2e
+
+.PHONY: test-e2e
+test-e2e: system-packages envtest build demo-bin ## End-to-end suite: a 2-node cluster in network namespaces, the real operator and data plane (needs root).
+	AMBIENT_E2E_BIN=$(LOCALBIN) go test ./test/e2e/ -count=1 -v -timeout 20m $(E2E_ARGS)
+
+.PHONY: system-packages
+system-packages: ## Install the Debian packages needed here when missing (protoc, iptables, iproute2).
+	@hack/system-packages.sh
 
 .PHONY: envtest
 envtest: $(K8SBIN)/.built ## Build envtest's kube-apiserver and etcd from source into bin/k8s (cached).
