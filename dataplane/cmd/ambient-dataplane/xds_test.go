@@ -42,55 +42,27 @@ func freePort(t *testing.T) int {
 // service-account token over TLS with the CA's serving certificate, and stops on cancellation.
 func TestXDSCommand(t *testing.T) {
 	g := NewWithT(t)
-	env, err := kubetest.Start()
+	fx := startControlPlaneFixture(t)
+	stopped := false
+	defer func() {
+		if !stopped {
+			fx.stop()
+		}
+	}()
+	ctx := t.Context()
+	_, err := fx.cs.CoreV1().ServiceAccounts(fixtureNS).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "ambient-node"}}, metav1.CreateOptions{})
 	g.Expect(err).NotTo(HaveOccurred())
-	defer func() { _ = env.Stop() }()
-	cs := kubernetes.NewForConfigOrDie(env.Config)
-	ctx := context.Background()
-	const ns, td = "ambient-system", "td.test"
-	_, err = cs.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{})
-	g.Expect(err).NotTo(HaveOccurred())
-	rootPEM, keyPEM, err := ca.NewRoot(td, time.Hour)
-	g.Expect(err).NotTo(HaveOccurred())
-	_, err = cs.CoreV1().Secrets(ns).Create(ctx, &corev1.Secret{
-		ObjectMeta: metav1.ObjectMeta{Name: "ambient-ca-root", Namespace: ns}, Type: corev1.SecretTypeTLS,
-		Data: map[string][]byte{corev1.TLSCertKey: rootPEM, corev1.TLSPrivateKeyKey: keyPEM},
-	}, metav1.CreateOptions{})
-	g.Expect(err).NotTo(HaveOccurred())
-	_, err = cs.CoreV1().ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "ambient-node"}}, metav1.CreateOptions{})
-	g.Expect(err).NotTo(HaveOccurred())
-	tr, err := cs.CoreV1().ServiceAccounts(ns).CreateToken(ctx, "ambient-node", &authenticationv1.TokenRequest{
+	tr, err := fx.cs.CoreV1().ServiceAccounts(fixtureNS).CreateToken(ctx, "ambient-node", &authenticationv1.TokenRequest{
 		Spec: authenticationv1.TokenRequestSpec{Audiences: []string{"ambient-ca"}},
 	}, metav1.CreateOptions{})
 	g.Expect(err).NotTo(HaveOccurred())
-
-	f := &xdsFlags{ // #nosec G101 -- names of test objects, not credentials
-		namespace: ns, trustDomain: td, caSecret: "ambient-ca-root", workloadCertTTL: time.Hour, tokenAudience: "ambient-ca",
-		grpcPort: freePort(t), metricsPort: freePort(t), readinessPort: freePort(t), logLevel: "error", acceptIstioLabels: true,
-		namespaceSelector: xds.DefaultEnrollmentSelector, podSelector: xds.DefaultEnrollmentSelector,
-		shutdownTimeout: 2 * time.Second, restConfig: env.Config,
-	}
-	runCtx, cancel := context.WithCancel(ctx)
-	done := make(chan error, 1)
-	go func() { done <- runXDS(runCtx, f) }()
-	readyURL := "http://127.0.0.1:" + strconv.Itoa(f.readinessPort) + "/healthz/ready"
-	g.Eventually(func() int {
-		resp, err := http.Get(readyURL) // #nosec G107 -- test URL
-		if err != nil {
-			return 0
-		}
-		_ = resp.Body.Close()
-		return resp.StatusCode
-	}, 30*time.Second, 100*time.Millisecond).Should(Equal(http.StatusOK))
-
-	dir := t.TempDir()
-	rootFile, tokenFile := filepath.Join(dir, "root.pem"), filepath.Join(dir, "token")
-	g.Expect(os.WriteFile(rootFile, rootPEM, 0o600)).To(Succeed())
+	tokenFile := filepath.Join(t.TempDir(), "token")
 	g.Expect(os.WriteFile(tokenFile, []byte(tr.Status.Token), 0o600)).To(Succeed())
-	store := state.NewStore(td)
+
+	store := state.NewStore(fixtureTD)
 	client, err := xds.NewClient(xds.ClientOptions{
-		Address: "127.0.0.1:" + strconv.Itoa(f.grpcPort), Identity: "spiffe://" + td + "/ns/" + ns + "/sa/ambient-xds",
-		RootCertFile: rootFile, TokenFile: tokenFile, Node: xds.NodeInfo{Role: xds.RoleNode, NodeName: "node1"},
+		Address: "127.0.0.1:" + strconv.Itoa(fx.flags.grpcPort), Identity: "spiffe://" + fixtureTD + "/ns/" + fixtureNS + "/sa/ambient-xds",
+		RootCertFile: fx.rootFile, TokenFile: tokenFile, Node: xds.NodeInfo{Role: xds.RoleNode, NodeName: "node1"},
 		Store: store, Logger: logr.Discard(),
 	})
 	g.Expect(err).NotTo(HaveOccurred())
@@ -101,13 +73,13 @@ func TestXDSCommand(t *testing.T) {
 	// The "kubernetes" Service of the default namespace is part of the state.
 	g.Expect(store.Load().Service("default/kubernetes")).NotTo(BeNil())
 
-	resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(f.metricsPort) + "/metrics") // #nosec G107 -- test URL
+	resp, err := http.Get("http://127.0.0.1:" + strconv.Itoa(fx.flags.metricsPort) + "/metrics") // #nosec G107 -- test URL
 	g.Expect(err).NotTo(HaveOccurred())
 	_ = resp.Body.Close()
 	g.Expect(resp.StatusCode).To(Equal(http.StatusOK))
 
-	cancel()
-	g.Eventually(done, 15*time.Second).Should(Receive(BeNil()))
+	fx.stop()
+	stopped = true
 	g.Eventually(client.Connected, 5*time.Second).Should(BeFalse())
 	stopClient()
 	g.Expect(<-clientDone).To(Succeed())
@@ -146,7 +118,7 @@ func startControlPlaneFixture(t *testing.T) *controlPlaneFixture {
 	g.Expect(os.WriteFile(rootFile, rootPEM, 0o600)).To(Succeed())
 	f := &xdsFlags{ // #nosec G101 -- names of test objects, not credentials
 		namespace: fixtureNS, trustDomain: fixtureTD, caSecret: "ambient-ca-root", workloadCertTTL: time.Hour, tokenAudience: "ambient-ca",
-		grpcPort: freePort(t), metricsPort: 0, readinessPort: freePort(t), logLevel: "error", acceptIstioLabels: true,
+		grpcPort: freePort(t), metricsPort: freePort(t), readinessPort: freePort(t), logLevel: "error", acceptIstioLabels: true,
 		namespaceSelector: xds.DefaultEnrollmentSelector, podSelector: xds.DefaultEnrollmentSelector,
 		shutdownTimeout: 2 * time.Second, restConfig: env.Config,
 	}
