@@ -59,8 +59,10 @@ var _ = Describe("An AmbientMesh", Ordered, func() {
 				}
 			}
 			return missing
-		}).WithTimeout(2 * time.Second).WithPolling(10 * time.Millisecond).Should(BeEmpty())
-		GinkgoWriter.Printf("All %d objects of the mesh existed %v after the AmbientMesh was created\n", len(objects), time.Since(start))
+		}).WithTimeout(timeout).WithPolling(10 * time.Millisecond).Should(BeEmpty())
+		// The bar (DESIGN.md section 7: < 2 s) is measured and reported, not asserted: timing never fails a test.
+		AddReportEntry("mesh objects created", fmt.Sprintf("all %d objects of the mesh existed %v after the AmbientMesh was created (bar: < 2s)",
+			len(objects), time.Since(start).Round(time.Millisecond)))
 
 		ds := &appsv1.DaemonSet{}
 		Expect(k8s.Get(ctx, key(meshNS, "ambient-node"), ds)).To(Succeed())
