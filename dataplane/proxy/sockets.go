@@ -96,16 +96,28 @@ func ListenReusePort(ctx context.Context, addr netip.AddrPort) (net.Listener, er
 }
 
 // DialFrom connects to dst from src (zero: any source), setting SO_MARK when mark is not zero.
+//
+// A socket bound to src gets IP_BIND_ADDRESS_NO_PORT: the kernel then picks the source port at
+// connect(2), per destination, as for an unbound socket. Without it bind(2) picks a port for the address
+// alone and must skip every port still held by a TIME_WAIT socket of that address, which made bind the
+// main cost of a node proxy under a high rate of new connections.
 func DialFrom(ctx context.Context, src netip.Addr, dst netip.AddrPort, mark int) (net.Conn, error) {
 	d := net.Dialer{}
-	if src.IsValid() {
+	bound := src.IsValid()
+	if bound {
 		d.LocalAddr = net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0))
 	}
-	if mark != 0 {
+	if bound || mark != 0 {
 		d.Control = func(_, _ string, c syscall.RawConn) error {
 			var serr error
 			err := c.Control(func(fd uintptr) {
-				serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, mark)
+				if bound {
+					// Best effort: kernels before 4.2 lack the option and bind as before.
+					_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+				}
+				if mark != 0 {
+					serr = unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_MARK, mark)
+				}
 			})
 			return errors.Join(err, serr)
 		}
