@@ -453,14 +453,14 @@ func (p *Pool) open(ctx context.Context, pc *poolConn, authority netip.AddrPort,
 	// for the answer.
 	sctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
 	stop := context.AfterFunc(ctx, cancel)
-	pr, pw := io.Pipe()
+	rb := newReqBody()
 	host := authority.String()
 	req := (&http.Request{
 		Method:        http.MethodConnect,
 		URL:           &url.URL{Host: host},
 		Host:          host,
 		Header:        hdr,
-		Body:          pr,
+		Body:          rb,
 		ContentLength: -1,
 		Proto:         "HTTP/2.0",
 		ProtoMajor:    2,
@@ -472,7 +472,7 @@ func (p *Pool) open(ctx context.Context, pc *poolConn, authority netip.AddrPort,
 	}
 	if err != nil {
 		cancel()
-		_ = pw.CloseWithError(net.ErrClosed)
+		rb.closeWithError(net.ErrClosed)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
@@ -481,7 +481,7 @@ func (p *Pool) open(ctx context.Context, pc *poolConn, authority netip.AddrPort,
 	if resp.StatusCode != http.StatusOK {
 		reason, _ := io.ReadAll(io.LimitReader(resp.Body, maxReasonLen))
 		_ = resp.Body.Close()
-		_ = pw.CloseWithError(net.ErrClosed)
+		rb.closeWithError(net.ErrClosed)
 		cancel()
 		return nil, &Error{Status: resp.StatusCode, Reason: string(reason)}
 	}
@@ -489,7 +489,7 @@ func (p *Pool) open(ctx context.Context, pc *poolConn, authority netip.AddrPort,
 		pool:   p,
 		pc:     pc,
 		body:   resp.Body,
-		pw:     pw,
+		req:    rb,
 		cancel: cancel,
 		local:  pc.raw.LocalAddr(),
 		remote: net.TCPAddrFromAddrPort(authority),
@@ -501,7 +501,7 @@ type tunnel struct {
 	pool   *Pool
 	pc     *poolConn
 	body   io.ReadCloser
-	pw     *io.PipeWriter
+	req    *reqBody
 	cancel context.CancelFunc
 	local  net.Addr
 	remote net.Addr
@@ -513,21 +513,15 @@ type tunnel struct {
 func (t *tunnel) Read(b []byte) (int, error) { return t.body.Read(b) }
 
 // Write sends b in the request body. It returns when the HTTP/2 connection took it.
-func (t *tunnel) Write(b []byte) (int, error) {
-	n, err := t.pw.Write(b)
-	if errors.Is(err, io.ErrClosedPipe) {
-		err = net.ErrClosed
-	}
-	return n, err
-}
+func (t *tunnel) Write(b []byte) (int, error) { return t.req.Write(b) }
 
 // CloseWrite ends the request body (END_STREAM): the upstream sees EOF. Reading goes on.
-func (t *tunnel) CloseWrite() error { return t.pw.Close() }
+func (t *tunnel) CloseWrite() error { t.req.closeWithError(io.EOF); return nil }
 
 // Close ends both directions (with RST_STREAM if they had not ended) and releases the stream.
 func (t *tunnel) Close() error {
 	t.once.Do(func() {
-		_ = t.pw.CloseWithError(net.ErrClosed)
+		t.req.closeWithError(net.ErrClosed)
 		_ = t.body.Close()
 		t.cancel()
 		t.pool.release(t.pc)

@@ -40,7 +40,9 @@ func CloseWrite(c io.Closer) error {
 // too. It returns the bytes copied from a to b, from b to a, and the first error other than EOF
 // (errors caused by its own closing are not reported).
 //
-// Pipe uses one extra goroutine; buffers come from a pool and are only large while data flows.
+// Pipe uses one extra goroutine; buffers come from a pool and are only large while data flows. When b
+// is a tunnel of a [Pool], the HTTP/2 stream's own body writer reads a and sends its bytes as they come:
+// no extra goroutine and no copy between a and the stream.
 func Pipe(a, b net.Conn) (aToB, bToA int64, err error) {
 	var once sync.Once
 	abort := func() {
@@ -50,14 +52,24 @@ func Pipe(a, b net.Conn) (aToB, bToA int64, err error) {
 		})
 	}
 	done := make(chan error, 1)
-	go func() {
-		n, err := relay(b, a)
+	finish := func(n int64, err error) {
 		aToB = n
 		if err != nil {
 			abort()
 		}
 		done <- err
-	}()
+	}
+	// Called by the HTTP/2 stream's own goroutine, which closing the tunnel waits for: abort elsewhere.
+	finishStream := func(n int64, err error) {
+		aToB = n
+		if err != nil {
+			go abort()
+		}
+		done <- err
+	}
+	if t, ok := b.(*tunnel); !ok || !t.req.attach(a, finishStream) {
+		go func() { finish(relay(b, a)) }()
+	}
 	bToA, errBA := relay(a, b)
 	if errBA != nil {
 		abort()

@@ -1,6 +1,7 @@
 package hbone
 
 import (
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -94,4 +95,77 @@ func TestPipeResetClosesBoth(t *testing.T) {
 	g.Expect(client.SetReadDeadline(time.Now().Add(10 * time.Second))).To(Succeed())
 	_, err = io.ReadAll(client)
 	g.Expect(errors.Is(err, os.ErrDeadlineExceeded)).To(BeFalse())
+}
+
+// TestPipeIntoTunnel: with a tunnel as b, the stream's body writer reads a directly. Bytes, both
+// half-closes and the counts come through as with two TCP connections.
+func TestPipeIntoTunnel(t *testing.T) {
+	g := NewWithT(t)
+	signer := newSigner(t, trustDomain)
+	upstream := startUpstream(t, echo)
+	srv := startServer(t, signer, nil)
+	pool := newTestPool(t, signer, nil)
+	client, a := tcpPair(t)
+	tun, err := pool.Connect(context.Background(), srv.key(), upstream, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	type result struct {
+		aToB, bToA int64
+		err        error
+	}
+	done := make(chan result, 1)
+	go func() {
+		ab, ba, err := Pipe(a, tun)
+		done <- result{ab, ba, err}
+	}()
+
+	big := make([]byte, 3<<20+17)
+	for i := range big {
+		big[i] = byte(i * 7)
+	}
+	go func() {
+		_, _ = client.Write(big)
+		_ = client.CloseWrite()
+	}()
+	got, err := io.ReadAll(client) // the echo, then EOF once the upstream half-closed
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(got).To(Equal(big))
+
+	var r result
+	g.Eventually(done, 10*time.Second).Should(Receive(&r))
+	g.Expect(r.err).NotTo(HaveOccurred())
+	g.Expect(r.aToB).To(BeEquivalentTo(len(big)))
+	g.Expect(r.bToA).To(BeEquivalentTo(len(big)))
+}
+
+// TestPipeIntoTunnelClientReset: a reset of a while the stream's body writer reads it ends the Pipe
+// with an error and closes the tunnel.
+func TestPipeIntoTunnelClientReset(t *testing.T) {
+	g := NewWithT(t)
+	signer := newSigner(t, trustDomain)
+	upstreamDone := make(chan struct{})
+	upstream := startUpstream(t, func(c *net.TCPConn) {
+		defer close(upstreamDone)
+		echo(c)
+	})
+	srv := startServer(t, signer, nil)
+	pool := newTestPool(t, signer, nil)
+	client, a := tcpPair(t)
+	tun, err := pool.Connect(context.Background(), srv.key(), upstream, nil)
+	g.Expect(err).NotTo(HaveOccurred())
+	done := make(chan error, 1)
+	go func() {
+		_, _, err := Pipe(a, tun)
+		done <- err
+	}()
+	_, err = client.Write([]byte("x"))
+	g.Expect(err).NotTo(HaveOccurred())
+	_, err = io.ReadFull(client, make([]byte, 1))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(client.SetLinger(0)).To(Succeed())
+	g.Expect(client.Close()).To(Succeed()) // RST towards a
+	g.Eventually(done, 10*time.Second).Should(Receive(HaveOccurred()))
+	g.Eventually(upstreamDone, 10*time.Second).Should(BeClosed(), "the upstream connection ended")
+	// The tunnel was closed: writing to it fails.
+	_, err = tun.Write([]byte("late"))
+	g.Expect(err).To(HaveOccurred())
 }
