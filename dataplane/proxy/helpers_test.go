@@ -6,11 +6,13 @@ import (
 	"crypto/tls"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -64,11 +66,33 @@ func (n *testNetwork) OriginalDestination(c net.Conn) (netip.AddrPort, error) {
 // intending to reach dst.
 func (n *testNetwork) dialVia(t testing.TB, src netip.Addr, via, dst netip.AddrPort) net.Conn {
 	t.Helper()
-	d := net.Dialer{LocalAddr: net.TCPAddrFromAddrPort(netip.AddrPortFrom(src, 0)), Timeout: 5 * time.Second}
+	c, err := n.tryDialVia(src, via, dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// tryDialVia is dialVia for goroutines other than the test's: it returns the error.
+func (n *testNetwork) tryDialVia(src netip.Addr, via, dst netip.AddrPort) (net.Conn, error) {
+	for range 10 {
+		c, err := n.dialOnce(src, via, dst)
+		// The reserved source port can be taken again between the reservation and the dial (a test
+		// artifact, not the proxy's doing): pick another.
+		if errors.Is(err, syscall.EADDRINUSE) {
+			continue
+		}
+		return c, err
+	}
+	return nil, fmt.Errorf("no free source port on %s", src)
+}
+
+func (n *testNetwork) dialOnce(src netip.Addr, via, dst netip.AddrPort) (net.Conn, error) {
+	d := net.Dialer{Timeout: 5 * time.Second}
 	// Reserve the source port first so that the table entry exists before the proxy accepts.
 	lc, err := net.Listen("tcp", netip.AddrPortFrom(src, 0).String())
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
 	local := netip.MustParseAddrPort(lc.Addr().String())
 	_ = lc.Close()
@@ -76,11 +100,7 @@ func (n *testNetwork) dialVia(t testing.TB, src netip.Addr, via, dst netip.AddrP
 	n.targets[local] = dst
 	n.mu.Unlock()
 	d.LocalAddr = net.TCPAddrFromAddrPort(local)
-	c, err := d.Dial("tcp", via.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c
+	return d.Dial("tcp", via.String())
 }
 
 // echoServer accepts on addr and echoes with a prefix naming itself, until the test ends.

@@ -485,6 +485,10 @@ func (p *Proxy) Drain(ctx context.Context) error {
 		delete(p.listeners, key)
 	}
 	p.mu.Unlock()
+	// The accept loops end with their listeners. Wait for them first: a connection accepted just before
+	// the close is then counted (handlers, the HBONE server's connections) before anything waits for the
+	// open ones, so it is drained like the others instead of dying with the process.
+	p.serving.Wait()
 	p.log.Info("Draining: no new connections; waiting for open ones", "open", p.conns.len())
 
 	var wg sync.WaitGroup

@@ -2,11 +2,14 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -379,4 +382,56 @@ func TestReadinessWaitsForSyncedConfig(t *testing.T) {
 	close(synced)
 	g.Eventually(ready.Ready).Should(BeTrue())
 	g.Expect(p.listenerCount()).To(Equal(1))
+}
+
+// Connections that arrive while a proxy starts draining all complete: the ones its listeners had
+// accepted are drained like the open ones, the rest go to the successor. Bounded load: 4 clients, at most
+// 400 connections each, for at most 10 s.
+func TestDrainHandOverUnderLoadLosesNoConnection(t *testing.T) {
+	m := startMesh(t, baseResources())
+	g := NewWithT(t)
+	successor, err := New(Config{Mode: NodeMode, Node: "node-b", Store: m.store, Certs: m.issuer, Network: m.net, Log: m.nodeB.log.WithName("successor")})
+	g.Expect(err).NotTo(HaveOccurred())
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = successor.Run(ctx) }()
+	defer func() { cancel(); <-done; _ = successor.Close() }()
+	g.Eventually(successor.listenerCount).Should(Equal(2))
+
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	var sent, failed atomic.Int64
+	var firstErr atomic.Value
+	deadline := time.Now().Add(10 * time.Second)
+	for range 4 {
+		wg.Go(func() {
+			for i := 0; i < 400 && time.Now().Before(deadline); i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				var got string
+				c, err := m.net.tryDialVia(clientAddr, netip.AddrPortFrom(clientAddr, 15001), netip.AddrPortFrom(serverAddr, 8080))
+				if err == nil {
+					got, err = exchange(c, "x")
+					_ = c.Close()
+				}
+				sent.Add(1)
+				if err != nil || got != "server:x" {
+					failed.Add(1)
+					firstErr.CompareAndSwap(nil, fmt.Sprintf("%q %v", got, err))
+				}
+			}
+		})
+	}
+	time.Sleep(200 * time.Millisecond)
+	drainCtx, drainCancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer drainCancel()
+	g.Expect(m.nodeB.Drain(drainCtx)).To(Succeed(), "short connections finish well within the drain window")
+	time.Sleep(200 * time.Millisecond)
+	close(stop)
+	wg.Wait()
+	g.Expect(sent.Load()).To(BeNumerically(">", 20), "the load ran")
+	g.Expect(failed.Load()).To(BeZero(), "of %d connections; first failure: %v", sent.Load(), firstErr.Load())
 }
