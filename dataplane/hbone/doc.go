@@ -12,6 +12,8 @@
 // [Pipe] relays bytes between two connections in both directions with half-close; the proxies use it
 // for every connection.
 //
-// Flow control is fixed by the design: stream window 4 MiB, connection window 16 MiB, largest frame
-// 1 MiB, on both sides. Idle connections are probed with PING on both sides.
+// Flow control: stream window 4 MiB, connection window 16 MiB (as DESIGN.md section 3), largest frame
+// 64 KiB on both sides (DESIGN.md says 1 MiB: the sender keeps a buffer of the peer's frame size, up to
+// 512 KiB, for the life of every stream; see [MaxFrameSize]). Idle connections are probed with PING on
+// both sides.
 package hbone

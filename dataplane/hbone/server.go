@@ -27,8 +27,11 @@ const (
 	StreamWindow = 4 << 20
 	// ConnWindow is the HTTP/2 receive window of every connection, in bytes.
 	ConnWindow = 16 << 20
-	// MaxFrameSize is the largest HTTP/2 frame payload either side accepts, in bytes.
-	MaxFrameSize = 1 << 20
+	// MaxFrameSize is the largest HTTP/2 frame payload either side accepts, in bytes. x/net's client
+	// holds a send buffer of min(peer's max frame size, 512 KiB) for the life of every stream, so this
+	// bounds the memory of an open tunnel on the sending node; 64 KiB frames move bulk data as fast as
+	// 1 MiB ones did in ambient-bench (docs/performance.md).
+	MaxFrameSize = 64 << 10
 	// DefaultKeepAliveInterval is how long a connection may receive no frame before a PING is sent.
 	DefaultKeepAliveInterval = 30 * time.Second
 	// DefaultKeepAliveTimeout is how long to wait for the PING answer before closing the connection.
