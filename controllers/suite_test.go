@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/go-logr/logr"
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 	"k8s.io/client-go/rest"
@@ -80,7 +81,8 @@ type roundTripper func(*http.Request) (*http.Response, error)
 func (f roundTripper) RoundTrip(req *http.Request) (*http.Response, error) { return f(req) }
 
 var _ = BeforeSuite(func() {
-	ctrl.SetLogger(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)))
+	started := newStartWatch("ambientmesh", "waypoint", "gateway")
+	ctrl.SetLogger(logr.New(started.wrap(zap.New(zap.WriteTo(GinkgoWriter), zap.UseDevMode(true)).GetSink())))
 	ctx, cancel = context.WithCancel(context.Background())
 	var err error
 	env, err = testenv.New()
@@ -106,7 +108,68 @@ var _ = BeforeSuite(func() {
 		defer GinkgoRecover()
 		Expect(mgr.Start(ctx)).To(Succeed())
 	}()
+	// The specs (and the creation-time figure) start with a running operator, as in a cluster: every
+	// controller has synced its caches and started its workers.
+	Eventually(started.done).WithTimeout(time.Minute).Should(BeClosed())
 })
+
+// startWatch sees controller-runtime's "Starting workers" log line of each named controller and closes
+// done once all of them started.
+type startWatch struct {
+	mu      sync.Mutex
+	pending map[string]bool
+	done    chan struct{}
+}
+
+func newStartWatch(controllers ...string) *startWatch {
+	w := &startWatch{pending: map[string]bool{}, done: make(chan struct{})}
+	for _, c := range controllers {
+		w.pending[c] = true
+	}
+	return w
+}
+
+func (w *startWatch) wrap(sink logr.LogSink) logr.LogSink { return &watchSink{LogSink: sink, w: w} }
+
+func (w *startWatch) saw(controller string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.pending[controller] {
+		return
+	}
+	delete(w.pending, controller)
+	if len(w.pending) == 0 {
+		close(w.done)
+	}
+}
+
+// watchSink passes every line on and remembers the "controller" value given through WithValues.
+type watchSink struct {
+	logr.LogSink
+	w          *startWatch
+	controller string
+}
+
+func (s *watchSink) Info(level int, msg string, kv ...any) {
+	if msg == "Starting workers" {
+		s.w.saw(s.controller)
+	}
+	s.LogSink.Info(level, msg, kv...)
+}
+
+func (s *watchSink) WithValues(kv ...any) logr.LogSink {
+	c := s.controller
+	for i := 0; i+1 < len(kv); i += 2 {
+		if k, ok := kv[i].(string); ok && k == "controller" {
+			c, _ = kv[i+1].(string)
+		}
+	}
+	return &watchSink{LogSink: s.LogSink.WithValues(kv...), w: s.w, controller: c}
+}
+
+func (s *watchSink) WithName(name string) logr.LogSink {
+	return &watchSink{LogSink: s.LogSink.WithName(name), w: s.w, controller: s.controller}
+}
 
 var _ = AfterSuite(func() {
 	if cancel != nil {
