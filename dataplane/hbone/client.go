@@ -327,7 +327,8 @@ func (p *Pool) newConn(ctx context.Context, key PoolKey) (*poolConn, error) {
 			return p.cfg.GetClientCertificate(key.Source)
 		},
 	}
-	tc := tls.Client(raw, conf)
+	batch := newTLSBatch(raw)
+	tc := tls.Client(batch, conf)
 	if err := tc.HandshakeContext(ctx); err != nil {
 		_ = raw.Close()
 		return nil, fmt.Errorf("hbone: TLS handshake with %s: %w", key.Address, err)
@@ -336,7 +337,7 @@ func (p *Pool) newConn(ctx context.Context, key PoolKey) (*poolConn, error) {
 		_ = raw.Close()
 		return nil, fmt.Errorf("hbone: %s did not negotiate h2", key.Address)
 	}
-	cc, err := p.t.NewClientConn(tc) //nolint:staticcheck // SA1019: see Pool.t; we pool connections ourselves.
+	cc, err := p.t.NewClientConn(&tlsBatchConn{Conn: tc, raw: batch}) //nolint:staticcheck // SA1019: see Pool.t; we pool connections ourselves.
 	if err != nil {
 		_ = raw.Close()
 		return nil, fmt.Errorf("hbone: start HTTP/2 with %s: %w", key.Address, err)

@@ -298,7 +298,8 @@ func (s *Server) serveConn(c net.Conn) {
 	defer func() { _ = c.Close() }()
 
 	_ = c.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
-	tc := tls.Server(c, s.tlsConf)
+	batch := newTLSBatch(c)
+	tc := tls.Server(batch, s.tlsConf)
 	if err := tc.Handshake(); err != nil {
 		s.log.V(1).Info("HBONE handshake failed", "peer", c.RemoteAddr().String(), "error", err.Error())
 		return
@@ -317,7 +318,7 @@ func (s *Server) serveConn(c net.Conn) {
 		return
 	}
 	ci := &connInfo{s: s, peer: peer, peerAddr: addrPortOf(c.RemoteAddr()), localAddr: addrPortOf(c.LocalAddr())}
-	s.h2.ServeConn(tc, &http2.ServeConnOpts{BaseConfig: s.hs, Handler: ci}) //nolint:staticcheck // SA1019: see Server.h2.
+	s.h2.ServeConn(&tlsBatchConn{Conn: tc, raw: batch}, &http2.ServeConnOpts{BaseConfig: s.hs, Handler: ci}) //nolint:staticcheck // SA1019: see Server.h2.
 }
 
 // ServeHTTP serves one CONNECT stream.
