@@ -170,6 +170,10 @@ func New(cfg Config) (*Proxy, error) {
 func (p *Proxy) Run(ctx context.Context) error {
 	updates := p.cfg.Store.Subscribe()
 	synced := p.cfg.ConfigSynced
+	var network <-chan struct{}
+	if nc, ok := p.cfg.Network.(NetworkChanges); ok {
+		network = nc.Changed()
+	}
 	p.sync(ctx)
 	ticker := time.NewTicker(p.cfg.RetryInterval) // retries listeners and certificates that failed
 	defer ticker.Stop()
@@ -182,6 +186,8 @@ func (p *Proxy) Run(ctx context.Context) error {
 			p.revalidate()
 		case <-synced:
 			synced = nil // a closed channel once is enough
+			p.sync(ctx)
+		case <-network:
 			p.sync(ctx)
 		case <-ticker.C:
 			p.sync(ctx)

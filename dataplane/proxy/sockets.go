@@ -39,6 +39,13 @@ type WorkloadHooks interface {
 	Closing(key string)
 }
 
+// NetworkChanges is implemented by a Network that learns where workloads' sockets live after the
+// configuration named them (the CNI plugin reports a pod's network namespace): it signals each change, so
+// that the proxy opens what failed at once instead of at its next retry.
+type NetworkChanges interface {
+	Changed() <-chan struct{}
+}
+
 // LocalNetwork is the Network of a proxy whose workloads live in its own network namespace: each
 // workload's listeners bind the workload's address, and connections from a workload leave from its
 // address. It is how tests and the local demo run many pods on one host, and the same code opens the

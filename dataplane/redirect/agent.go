@@ -41,6 +41,9 @@ type pod struct {
 	from string // "cni" or "scan"
 	// captured: the redirection rules are installed.
 	captured bool
+	// early: captured when the CNI plugin reported the pod, before the proxy served it; the agent removes
+	// the rules again if the pod turns out not to be in the mesh before the proxy takes it over (Opened).
+	early bool
 }
 
 func (p *pod) path() string { return fmt.Sprintf("/proc/self/fd/%d", p.ns.Fd()) }
@@ -60,12 +63,40 @@ type Agent struct {
 	NetnsDir string
 	// ProcRoot is /proc, also scanned (it shows only the processes the agent can see).
 	ProcRoot string
+	// EnrollWait bounds how long the CNI plugin's ADD waits for the node's configuration to know the pod
+	// (DefaultEnrollWait when zero). A pod known to be in the mesh is captured before its containers start;
+	// one still unknown then starts uncaptured and is captured once the proxy serves it.
+	EnrollWait time.Duration
 
 	mu   sync.Mutex
 	pods map[string]*pod // by namespace/name
+	// rulesMu serializes the changes of pods' rules (and of their captured and early flags), so that a
+	// decision made on one snapshot is not undone by one made on another.
+	rulesMu sync.Mutex
+	changed chan struct{} // see Changed
 }
 
-var _ proxy.Network = (*Agent)(nil)
+var (
+	_ proxy.Network        = (*Agent)(nil)
+	_ proxy.WorkloadHooks  = (*Agent)(nil)
+	_ proxy.NetworkChanges = (*Agent)(nil)
+)
+
+// Changed signals (coalesced) each pod network namespace the CNI plugin reports, so that the proxy opens
+// the listeners of a workload whose namespace was not known at once.
+func (a *Agent) Changed() <-chan struct{} {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.changed == nil {
+		a.changed = make(chan struct{}, 1)
+	}
+	return a.changed
+}
+
+// DefaultEnrollWait is the default of Agent.EnrollWait. The xDS server sends a pod once it is scheduled,
+// before the kubelet creates its sandbox, so the wait is normally over at once; it is bounded because a
+// pod's start waits for it.
+const DefaultEnrollWait = 2 * time.Second
 
 // Serve listens on the socket until ctx ends.
 func (a *Agent) Serve(ctx context.Context) error {
@@ -76,6 +107,9 @@ func (a *Agent) Serve(ctx context.Context) error {
 	l, err := net.Listen("unix", a.Socket)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", a.Socket, err)
+	}
+	if a.Store != nil {
+		go a.releaseEarly(ctx)
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/pods", a.handleEvent)
@@ -138,14 +172,119 @@ func (a *Agent) Handle(ev PodEvent) error {
 			a.pods = map[string]*pod{}
 		}
 		a.pods[key] = p
+		if a.changed != nil {
+			select {
+			case a.changed <- struct{}{}:
+			default:
+			}
+		}
 		a.mu.Unlock()
 		a.Log.Info("Pod network namespace reported", "pod", key, "netns", ev.Netns, "ips", ev.IPs)
+		return a.captureAtStart(p)
 	case "DEL":
 		a.forget(key)
 	default:
 		return fmt.Errorf("unknown command %q", ev.Command)
 	}
 	return nil
+}
+
+// captureAtStart installs the redirection of a pod the configuration says is in the mesh, while the CNI
+// plugin's ADD is still running, so that not even the pod's first connection bypasses the mesh: until the
+// proxy serves the pod, its connections are refused (fail closed) instead of leaving in plaintext. An error
+// fails the ADD, and the runtime retries the pod's sandbox.
+func (a *Agent) captureAtStart(p *pod) error {
+	w := a.awaitWorkload(p.key)
+	if w == nil {
+		a.Log.Info("Pod not in the node's configuration yet: it starts uncaptured and is captured once the proxy serves it", "pod", p.key)
+		return nil
+	}
+	a.rulesMu.Lock()
+	defer a.rulesMu.Unlock()
+	// Decided on the latest snapshot under rulesMu: a change after this point is seen by releaseNotInMesh.
+	if w = a.Store.Load().Workload(p.key); w == nil || !capturable(w) {
+		return nil
+	}
+	a.mu.Lock()
+	served := p.captured // the proxy got there first (Opened)
+	a.mu.Unlock()
+	if served {
+		return nil
+	}
+	if err := Install(p.path(), a.Rules); err != nil {
+		return fmt.Errorf("install redirection for %s: %w", p.key, err)
+	}
+	a.mu.Lock()
+	p.captured, p.early = true, true
+	a.mu.Unlock()
+	a.Log.Info("Capturing the traffic of a pod from its start; its connections are refused until the proxy serves it", "pod", p.key)
+	return nil
+}
+
+// capturable reports whether the node proxy captures the workload's traffic: in the mesh, and not a
+// waypoint (which speaks HBONE itself).
+func capturable(w *state.Workload) bool { return w.InMesh() && !w.Proto.GetNativeHbone() }
+
+// awaitWorkload returns the pod's workload from the configuration, waiting at most EnrollWait for it.
+func (a *Agent) awaitWorkload(key string) *state.Workload {
+	if a.Store == nil {
+		return nil
+	}
+	wait := a.EnrollWait
+	if wait == 0 {
+		wait = DefaultEnrollWait
+	}
+	deadline := time.Now().Add(wait)
+	for {
+		if w := a.Store.Load().Workload(key); w != nil {
+			return w
+		}
+		if time.Now().After(deadline) {
+			return nil
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// releaseEarly removes the rules of pods captured at start that the configuration then says are not in
+// the mesh (or no longer there) before the proxy took them over, so that they are not left without a
+// path. It runs until ctx ends.
+func (a *Agent) releaseEarly(ctx context.Context) {
+	changed := a.Store.Subscribe()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-changed:
+		}
+		a.releaseNotInMesh()
+	}
+}
+
+func (a *Agent) releaseNotInMesh() {
+	a.rulesMu.Lock()
+	defer a.rulesMu.Unlock()
+	snap := a.Store.Load()
+	a.mu.Lock()
+	var release []*pod
+	for _, p := range a.pods {
+		if p.early && p.captured {
+			if w := snap.Workload(p.key); w == nil || !capturable(w) {
+				release = append(release, p)
+			}
+		}
+	}
+	a.mu.Unlock()
+	for _, p := range release {
+		if err := Remove(p.path()); err != nil {
+			a.Log.Error(err, "Removing the redirection of a pod that is not in the mesh", "pod", p.key)
+			continue
+		}
+		a.mu.Lock()
+		p.captured, p.early = false, false
+		a.mu.Unlock()
+		a.Log.Info("Released a pod captured at start: it is not in the mesh", "pod", p.key)
+	}
 }
 
 func (a *Agent) forget(key string) {
@@ -322,11 +461,13 @@ func (a *Agent) Opened(w *state.Workload) error {
 	if err != nil {
 		return err
 	}
+	a.rulesMu.Lock()
+	defer a.rulesMu.Unlock()
 	if err := Install(p.path(), a.Rules); err != nil {
 		return fmt.Errorf("install redirection for %s: %w", w.Key, err)
 	}
 	a.mu.Lock()
-	p.captured = true
+	p.captured, p.early = true, false
 	a.mu.Unlock()
 	a.Log.Info("Capturing the traffic of a pod", "pod", w.Key, "via", p.from)
 	return nil
@@ -335,6 +476,8 @@ func (a *Agent) Opened(w *state.Workload) error {
 // Closing removes the workload's redirection before its listeners close (it left the mesh); its
 // established connections go on.
 func (a *Agent) Closing(key string) {
+	a.rulesMu.Lock()
+	defer a.rulesMu.Unlock()
 	a.mu.Lock()
 	p := a.pods[key]
 	a.mu.Unlock()

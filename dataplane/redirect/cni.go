@@ -34,8 +34,10 @@ type PluginConfig struct {
 
 // RunPlugin runs the CNI plugin (spec 1.0: ADD, DEL, CHECK, VERSION) with the runtime's environment and
 // standard input. It is a chained plugin: it passes the previous result through unchanged and tells the
-// node agent about the pod's network namespace. When the agent is unreachable the pod still starts (the
-// agent finds the pod when it comes back); a broken configuration is an error.
+// node agent about the pod's network namespace; the agent captures a pod of the mesh before the ADD
+// returns. When the agent is unreachable the pod still starts (the agent finds the pod when it comes
+// back); when the agent answers that it could not capture a pod of the mesh, or the configuration is
+// broken, the ADD fails and the runtime retries the pod's sandbox.
 func RunPlugin() {
 	skel.PluginMainFuncs(skel.CNIFuncs{Add: cmdAdd, Del: cmdDel, Check: cmdCheck},
 		version.PluginSupports("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"),
@@ -94,6 +96,11 @@ func cmdAdd(args *skel.CmdArgs) error {
 			ev.IPs = append(ev.IPs, ip.Address.IP.String())
 		}
 		if err := notify(conf.AgentSocket, ev); err != nil {
+			var refused *agentError
+			if errors.As(err, &refused) {
+				logf(conf.LogFile, "pod %s/%s: %v", ns, name, err)
+				return fmt.Errorf("ambient-cni: pod %s/%s: %w", ns, name, err)
+			}
 			logf(conf.LogFile, "pod %s/%s: node agent unreachable, it will find the pod when it starts: %v", ns, name, err)
 		}
 	}
@@ -143,10 +150,15 @@ func notify(socket string, ev PodEvent) error {
 	defer func() { _ = resp.Body.Close() }()
 	if resp.StatusCode != http.StatusOK {
 		msg, _ := io.ReadAll(io.LimitReader(resp.Body, 4096))
-		return fmt.Errorf("node agent answered %s: %s", resp.Status, bytes.TrimSpace(msg))
+		return &agentError{status: resp.Status, msg: string(bytes.TrimSpace(msg))}
 	}
 	return nil
 }
+
+// agentError is the node agent's refusal of an event: it was reached and could not do its part.
+type agentError struct{ status, msg string }
+
+func (e *agentError) Error() string { return "node agent answered " + e.status + ": " + e.msg }
 
 func logf(path, format string, args ...any) {
 	if path == "" {

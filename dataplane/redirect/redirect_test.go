@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -216,11 +217,26 @@ func TestInPodCapture(t *testing.T) {
 		g.Eventually(func() bool { ok, _ := Installed(nsPath(ns)); return ok }, 15*time.Second).Should(BeTrue(), ns)
 	}
 
-	// The pod's own connection is captured and tunneled: both node proxies see it.
+	// The pod's own connection is captured and tunneled: both node proxies see it. Until the proxies serve
+	// the pods (listeners and certificates), captured connections are refused.
 	dst := netip.AddrPortFrom(p.bIP, 8080)
-	c := dialIn(t, p.a, dst)
+	var c net.Conn
+	g.Eventually(func() (string, error) {
+		err := Do(nsPath(p.a), func() error {
+			var err error
+			c, err = net.DialTimeout("tcp", dst.String(), 5*time.Second)
+			return err
+		})
+		if err != nil {
+			return "", err
+		}
+		got, err := roundTrip(c, "hi", len("echo:hi"))
+		if err != nil {
+			_ = c.Close()
+		}
+		return got, err
+	}, 15*time.Second).Should(Equal("echo:hi"))
 	defer func() { _ = c.Close() }()
-	g.Expect(roundTrip(c, "hi", len("echo:hi"))).To(Equal("echo:hi"))
 	g.Eventually(func() float64 { return a.opened("source") }).Should(BeNumerically(">=", 1))
 	g.Eventually(func() float64 { return b.opened("destination") }).Should(BeNumerically(">=", 1))
 
@@ -244,6 +260,65 @@ func TestInPodCapture(t *testing.T) {
 	defer func() { _ = c3.Close() }()
 	g.Expect(roundTrip(c3, "again", len("echo:again"))).To(Equal("echo:again"))
 	g.Eventually(func() float64 { return a.opened("source") }).Should(BeNumerically(">", before))
+}
+
+func TestCaptureAtPodStart(t *testing.T) {
+	needRoot(t)
+	g := NewWithT(t)
+	p := newPods(t)
+	echoIn(t, p.b, "0.0.0.0:8080")
+	dst := netip.AddrPortFrom(p.bIP, 8080)
+	// What the xDS server sends for pods that are scheduled but have no address yet.
+	store := state.NewStore("cluster.local")
+	scheduled := func(clientTunnel api.TunnelProtocol) state.Resources {
+		return state.Resources{Workloads: []*api.Workload{
+			{Name: "client", Namespace: "default", Node: "node-a", ServiceAccount: "sleep", Tunnel: clientTunnel},
+			{Name: "legacy", Namespace: "default", Node: "node-a", Tunnel: api.TunnelProtocol_NONE},
+		}}
+	}
+	g.Expect(store.Replace(scheduled(api.TunnelProtocol_HBONE))).To(Succeed())
+	agent := &Agent{Socket: filepath.Join(t.TempDir(), "cni.sock"), Rules: rules, Log: logr.Discard(), Store: store,
+		EnrollWait: 300 * time.Millisecond}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = agent.Serve(ctx) }()
+	defer func() { cancel(); <-done; agent.Close() }()
+
+	// A pod of the mesh is captured before the ADD returns. No proxy serves it yet: its connections are
+	// refused instead of leaving the pod in plaintext.
+	g.Expect(agent.Handle(PodEvent{Command: "ADD", Namespace: "default", Name: "client", Netns: nsPath(p.a), IPs: []string{p.aIP.String()}})).To(Succeed())
+	ok, err := Installed(nsPath(p.a))
+	g.Expect(err).NotTo(HaveOccurred())
+	g.Expect(ok).To(BeTrue(), "captured when the ADD returns")
+	g.Expect(agent.Pods()).To(HaveKeyWithValue("default/client", true))
+	inNS(t, p.a, func() error {
+		c, err := net.DialTimeout("tcp", dst.String(), 5*time.Second)
+		if err == nil {
+			_ = c.Close()
+			return fmt.Errorf("a connection of a captured pod left before the proxy served it")
+		}
+		return nil
+	})
+
+	// A pod outside the mesh, and one the configuration does not know within EnrollWait, start uncaptured.
+	for _, name := range []string{"legacy", "unknown"} {
+		start := time.Now()
+		g.Expect(agent.Handle(PodEvent{Command: "ADD", Namespace: "default", Name: name, Netns: nsPath(p.b)})).To(Succeed())
+		ok, err := Installed(nsPath(p.b))
+		g.Expect(err).NotTo(HaveOccurred())
+		g.Expect(ok).To(BeFalse(), name)
+		if name == "unknown" {
+			g.Expect(time.Since(start)).To(BeNumerically(">=", agent.EnrollWait), "an unknown pod waits for the configuration")
+		}
+	}
+
+	// The pod turns out not to be in the mesh before any proxy served it: the agent releases it.
+	g.Expect(store.Replace(scheduled(api.TunnelProtocol_NONE))).To(Succeed())
+	g.Eventually(func() bool { ok, _ := Installed(nsPath(p.a)); return ok }, 10*time.Second).Should(BeFalse())
+	g.Eventually(agent.Pods).Should(HaveKeyWithValue("default/client", false))
+	c := dialIn(t, p.a, dst)
+	defer func() { _ = c.Close() }()
+	g.Expect(roundTrip(c, "out", len("echo:out"))).To(Equal("echo:out"))
 }
 
 func TestAgentFindsPodsItWasNotToldAbout(t *testing.T) {
@@ -317,7 +392,8 @@ func TestCNIPluginTellsTheAgent(t *testing.T) {
 	g := NewWithT(t)
 	p := newPods(t)
 	store := state.NewStore("cluster.local")
-	agent := &Agent{Socket: filepath.Join(t.TempDir(), "cni.sock"), Rules: rules, Log: logr.Discard(), Store: store}
+	agent := &Agent{Socket: filepath.Join(t.TempDir(), "cni.sock"), Rules: rules, Log: logr.Discard(), Store: store,
+		EnrollWait: 100 * time.Millisecond}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() { defer close(done); _ = agent.Serve(ctx) }()
@@ -343,6 +419,21 @@ func TestCNIPluginTellsTheAgent(t *testing.T) {
 	down := &skel.CmdArgs{Netns: nsPath(p.a), Args: args.Args, StdinData: []byte(strings.Replace(conf, agent.Socket, "/nonexistent/cni.sock", 1))}
 	captureStdout(t, func() { g.Expect(cmdAdd(down)).To(Succeed()) })
 	g.Expect(cmdAdd(&skel.CmdArgs{StdinData: []byte(`{"cniVersion":"1.0.0","name":"k8s","type":"ambient-cni"}`)})).To(MatchError(ContainSubstring("agentSocket")))
+
+	// An agent that is reached but cannot capture the pod fails the ADD: the runtime retries the sandbox
+	// rather than start a pod of the mesh uncaptured.
+	refusing := filepath.Join(t.TempDir(), "refusing.sock")
+	l, err := net.Listen("unix", refusing)
+	g.Expect(err).NotTo(HaveOccurred())
+	srv := &http.Server{ReadHeaderTimeout: time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		http.Error(w, "install redirection for default/client: iptables-restore: exit status 4", http.StatusInternalServerError)
+	})}
+	served := make(chan struct{})
+	go func() { defer close(served); _ = srv.Serve(l) }()
+	defer func() { _ = srv.Close(); <-served }()
+	refused := &skel.CmdArgs{Netns: nsPath(p.a), Args: args.Args, StdinData: []byte(strings.Replace(conf, agent.Socket, refusing, 1))}
+	g.Expect(cmdAdd(refused)).To(MatchError(And(ContainSubstring("default/client"), ContainSubstring("500"), ContainSubstring("iptables-restore"))))
+	g.Expect(cmdDel(refused)).To(Succeed(), "a deletion never fails on the agent")
 }
 
 func captureStdout(t *testing.T, f func()) []byte {

@@ -140,13 +140,15 @@ func (e enrollment) namespaceSignature(ns *corev1.Namespace) string {
 	return s
 }
 
-// usable reports whether a pod has a workload: it has an address and is not finished. Host-network pods
-// share the node's address and are not mesh workloads.
+// usable reports whether a pod has a workload: it is scheduled or has an address, and is not finished.
+// A scheduled pod is sent before it has an address so that its node knows whether to capture it when the
+// CNI plugin reports its sandbox, before its containers start. Host-network pods share the node's address
+// and are not mesh workloads.
 func usable(pod *corev1.Pod) bool {
 	if pod.Spec.HostNetwork || pod.Status.Phase == corev1.PodSucceeded || pod.Status.Phase == corev1.PodFailed {
 		return false
 	}
-	return pod.Status.PodIP != "" || len(pod.Status.PodIPs) > 0
+	return pod.Spec.NodeName != "" || pod.Status.PodIP != "" || len(pod.Status.PodIPs) > 0
 }
 
 func podAddresses(pod *corev1.Pod) [][]byte {

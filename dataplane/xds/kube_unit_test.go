@@ -155,6 +155,7 @@ func TestUsable(t *testing.T) {
 	ip := corev1.PodStatus{PodIP: "10.0.0.1", Phase: corev1.PodRunning}
 	g.Expect(usable(&corev1.Pod{Status: ip})).To(BeTrue())
 	g.Expect(usable(&corev1.Pod{})).To(BeFalse())
+	g.Expect(usable(&corev1.Pod{Spec: corev1.PodSpec{NodeName: "n1"}})).To(BeTrue(), "scheduled, no address yet: its node learns whether to capture it")
 	g.Expect(usable(&corev1.Pod{Spec: corev1.PodSpec{HostNetwork: true}, Status: ip})).To(BeFalse())
 	done := ip
 	done.Phase = corev1.PodSucceeded
