@@ -96,6 +96,7 @@ vet: ## Run go vet on both modules.
 lint: $(GOLANGCI_LINT) ## Run golangci-lint on both modules and the release tools.
 	$(GOLANGCI_LINT) run ./...
 	cd dataplane && $(GOLANGCI_LINT) run ./...
+	cd dataplane && $(GOLANGCI_LINT) run --build-tags proxyonly ./cmd/ambient-dataplane/
 	cd hack/release && $(GOLANGCI_LINT) run --config ../../.golangci.yml ./...
 
 .PHONY: verify
@@ -108,9 +109,16 @@ verify: generate manifests bundle fmt ## Regenerate everything (code, CRDs, RBAC
 ##@ Build
 
 .PHONY: build
-build: ## Build the operator (bin/manager) and the data plane (bin/ambient-dataplane), static binaries.
+build: ## Build the operator (bin/manager) and the data plane (bin/ambient-dataplane, bin/ambient-proxy), static binaries.
 	CGO_ENABLED=0 go build -trimpath -ldflags '$(LDFLAGS)' -o $(LOCALBIN)/manager .
+	$(MAKE) dataplane-bin
+
+# The data-plane image's two binaries: ambient-dataplane (every role) and ambient-proxy (the node proxy and
+# the waypoint: the same commands built without the xDS server and the Kubernetes libraries it needs).
+.PHONY: dataplane-bin
+dataplane-bin:
 	cd dataplane && CGO_ENABLED=0 go build -trimpath -ldflags '$(DP_LDFLAGS)' -o $(LOCALBIN)/ambient-dataplane ./cmd/ambient-dataplane
+	cd dataplane && CGO_ENABLED=0 go build -trimpath -tags proxyonly -ldflags '$(DP_LDFLAGS)' -o $(LOCALBIN)/ambient-proxy ./cmd/ambient-dataplane
 
 .PHONY: demo
 demo: system-packages envtest build demo-bin ## Run the mesh on this machine: 2 nodes in network namespaces, the operator, traffic, a waypoint, a policy (needs root).
@@ -187,6 +195,8 @@ release-tools: ## Build the release tools of hack/release (bundle, bundle-valida
 test: envtest ## Run every suite: unit, fuzz seeds and envtest of both modules, the release tools', and the end-to-end suite.
 	go test $$(go list ./... | grep -v /test/e2e) -count=1
 	cd dataplane && go test ./... -count=1
+	@# ambient-proxy, the proxies' build of the same command: its commands (the e2e suite runs it).
+	cd dataplane && go test -tags proxyonly -count=1 -run 'Command|Subcommand' ./cmd/ambient-dataplane
 	cd hack/release && go test ./... -count=1
 	$(MAKE) test-e2e
 
@@ -220,10 +230,11 @@ BENCH_ARGS ?=
 bench: ## Run the data-plane and xDS benchmarks (needs root).
 	@[ "$$(id -u)" = 0 ] || { echo "make bench needs root: it creates a network namespace and iptables rules (sudo make bench)"; exit 1; }
 	@mkdir -p $(LOCALBIN) dist
-	cd dataplane && CGO_ENABLED=0 go build -trimpath -ldflags '$(DP_LDFLAGS)' -o $(LOCALBIN)/ambient-dataplane ./cmd/ambient-dataplane
+	$(MAKE) dataplane-bin
 	cd dataplane && CGO_ENABLED=0 go build -trimpath -o $(LOCALBIN)/ambient-bench ./cmd/ambient-bench
-	@# Data plane, each proxy a separate process (docs/performance.md, "Data plane").
-	$(LOCALBIN)/ambient-bench --dataplane-bin $(LOCALBIN)/ambient-dataplane --markdown dist/bench-dataplane.md $(BENCH_ARGS)
+	@# Data plane, each proxy a separate process (docs/performance.md, "Data plane"): the node proxies run
+	@# ambient-proxy, as the operator's DaemonSet does.
+	$(LOCALBIN)/ambient-bench --dataplane-bin $(LOCALBIN)/ambient-proxy --markdown dist/bench-dataplane.md $(BENCH_ARGS)
 	@# The HBONE package alone, in one process: tunnel setup, round trips, throughput, idle-tunnel memory.
 	cd dataplane && go test -run '^$$' -bench . -benchtime 1s ./hbone/
 	@# xDS scale (docs/performance.md, "xDS"): dataplane/xds's env-gated TestScale.

@@ -80,9 +80,12 @@ var _ = Describe("An AmbientMesh", Ordered, func() {
 			haveCondition(ambientv1alpha1.ConditionReconciled, metav1.ConditionTrue, "Reconciled"),
 		))
 		Expect(getMesh().Status.Rollout.Phase).To(Equal(ambientv1alpha1.RolloutInstalling))
-		gc := &gatewayv1.GatewayClass{}
-		Expect(k8s.Get(ctx, key("", "ambient-waypoint"), gc)).To(Succeed())
-		Expect(gc.Status.Conditions).To(haveCondition("Accepted", metav1.ConditionTrue, "Accepted"))
+		// The GatewayClass's status is written after the class exists: wait for it, do not sample it.
+		Eventually(func(g Gomega) []metav1.Condition {
+			gc := &gatewayv1.GatewayClass{}
+			g.Expect(k8s.Get(ctx, key("", "ambient-waypoint"), gc)).To(Succeed())
+			return gc.Status.Conditions
+		}).WithTimeout(timeout).Should(haveCondition("Accepted", metav1.ConditionTrue, "Accepted"))
 		Eventually(func() []string { return events(getMesh()) }).WithTimeout(timeout).Should(ContainElements("Installing", "CARootGenerated"))
 	})
 

@@ -324,7 +324,7 @@ func xdsDeployment(mesh *ambientv1alpha1.AmbientMesh, in MeshInputs, args []stri
 	}
 }
 
-// nodeArgs are the flags of `ambient-dataplane node`.
+// nodeArgs are the flags of `ambient-proxy node`.
 func nodeArgs(mesh *ambientv1alpha1.AmbientMesh) []string {
 	s := mesh.Spec
 	return append([]string{
@@ -365,6 +365,7 @@ func nodeDaemonSet(mesh *ambientv1alpha1.AmbientMesh, in MeshInputs) *appsv1.Dae
 		Name:            "node-proxy",
 		Image:           in.Node.Image,
 		ImagePullPolicy: orDefault(s.ImagePullPolicy, corev1.PullIfNotPresent),
+		Command:         []string{ProxyCommand},
 		Args:            nodeArgs(mesh),
 		Env:             downwardEnv(),
 		Ports: []corev1.ContainerPort{
@@ -397,6 +398,7 @@ func nodeDaemonSet(mesh *ambientv1alpha1.AmbientMesh, in MeshInputs) *appsv1.Dae
 		Name:            "install-cni",
 		Image:           in.Node.Image,
 		ImagePullPolicy: orDefault(s.ImagePullPolicy, corev1.PullIfNotPresent),
+		Command:         []string{ProxyCommand},
 		Args: []string{
 			"cni", "install",
 			"--bin-dir=" + hostCNIBin, "--conf-dir=" + hostCNIConf,

@@ -66,6 +66,12 @@ const (
 	ReadinessPath        = "/healthz/ready"
 )
 
+// ProxyCommand is the proxies' binary in the data-plane image: the node proxy, its install-cni container
+// and waypoints run it. It is ambient-dataplane without the xDS server, and without the Kubernetes client
+// libraries only the server needs, so a proxy needs less than half the memory. The xDS server runs the
+// image's entrypoint, ambient-dataplane.
+const ProxyCommand = "/usr/local/bin/ambient-proxy"
+
 // Mount paths inside data-plane pods.
 const (
 	TokenDir    = "/var/run/secrets/ambient"

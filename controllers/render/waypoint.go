@@ -102,6 +102,7 @@ func waypointDeployment(in WaypointInputs, labels map[string]string) *appsv1.Dep
 		Name:            "waypoint",
 		Image:           in.Component.Image,
 		ImagePullPolicy: orDefault(in.Mesh.Spec.ImagePullPolicy, corev1.PullIfNotPresent),
+		Command:         []string{ProxyCommand},
 		Args:            waypointArgs(in),
 		Env:             downwardEnv(),
 		Ports: []corev1.ContainerPort{

@@ -21,6 +21,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 
+	"github.com/ambient-dev/ambient-operator/dataplane/caclient"
 	"github.com/ambient-dev/ambient-operator/dataplane/certs"
 	"github.com/ambient-dev/ambient-operator/dataplane/identity"
 )
@@ -28,9 +29,16 @@ import (
 var xdsID = identity.New(td, meshNS, DefaultServiceAccount)
 
 // newTestClient is a node proxy's client on node-a, talking to the shared CA unless options say otherwise.
-func newTestClient(t *testing.T, opts ...func(*ClientConfig)) *Client {
+func newTestClient(t *testing.T, opts ...func(*caclient.ClientConfig)) *caclient.Client {
 	t.Helper()
-	cfg := ClientConfig{
+	c, _ := newTestClientConfig(t, opts...)
+	return c
+}
+
+// newTestClientConfig is newTestClient, also returning the client's configuration.
+func newTestClientConfig(t *testing.T, opts ...func(*caclient.ClientConfig)) (*caclient.Client, caclient.ClientConfig) {
+	t.Helper()
+	cfg := caclient.ClientConfig{
 		Address: fx.addr, ServerIdentity: xdsID,
 		RootCertFile: writeFile(t, "root-cert.pem", fx.rootPEM),
 		TokenFile:    writeFile(t, "token", []byte(podToken(t, fx.nodeProxyA))),
@@ -39,12 +47,12 @@ func newTestClient(t *testing.T, opts ...func(*ClientConfig)) *Client {
 	for _, o := range opts {
 		o(&cfg)
 	}
-	c, err := NewClient(cfg)
+	c, err := caclient.NewClient(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = c.Close() })
-	return c
+	return c, cfg
 }
 
 // workloadOnNodeA creates a pod with its own service account on node-a and returns its identity.
@@ -91,7 +99,7 @@ func TestClientFetchesCachesAndForgets(t *testing.T) {
 
 	g.Expect(c.Close()).To(Succeed())
 	_, err = c.Certificate(t.Context(), id)
-	g.Expect(err).To(MatchError(ErrClientClosed))
+	g.Expect(err).To(MatchError(caclient.ErrClientClosed))
 }
 
 func TestClientCoalescesConcurrentFirstRequests(t *testing.T) {
@@ -121,7 +129,7 @@ func TestClientCoalescesConcurrentFirstRequests(t *testing.T) {
 
 func TestClientRenewsAtHalfLife(t *testing.T) {
 	g := NewWithT(t)
-	c := newTestClient(t, func(cfg *ClientConfig) { cfg.Validity = 4 * time.Second })
+	c := newTestClient(t, func(cfg *caclient.ClientConfig) { cfg.Validity = 4 * time.Second })
 	id := workloadOnNodeA(t, "cli-renew")
 
 	cert, err := c.Certificate(t.Context(), id)
@@ -143,7 +151,7 @@ func TestClientKeepsItsCertificateWhileTheCAIsDown(t *testing.T) {
 	rpcs := &rpcCounter{byID: map[string]int{}}
 	gs, addr, err := serve(fx.srv, "127.0.0.1:0", rpcs)
 	g.Expect(err).NotTo(HaveOccurred())
-	c := newTestClient(t, func(cfg *ClientConfig) { cfg.Address, cfg.Validity = addr, 6*time.Second })
+	c := newTestClient(t, func(cfg *caclient.ClientConfig) { cfg.Address, cfg.Validity = addr, 6*time.Second })
 	id := workloadOnNodeA(t, "cli-down")
 
 	cert, err := c.Certificate(t.Context(), id)
@@ -209,12 +217,12 @@ func TestClientVerifiesTheServersIdentity(t *testing.T) {
 
 	cases := []struct {
 		name string
-		opt  func(*ClientConfig)
+		opt  func(*caclient.ClientConfig)
 		want string
 	}{
-		{"unexpected identity", func(cfg *ClientConfig) { cfg.ServerIdentity = identity.New(td, meshNS, "not-the-ca") },
+		{"unexpected identity", func(cfg *caclient.ClientConfig) { cfg.ServerIdentity = identity.New(td, meshNS, "not-the-ca") },
 			"presented the identity spiffe://cluster.local/ns/ambient-system/sa/ambient-xds, want spiffe://cluster.local/ns/ambient-system/sa/not-the-ca"},
-		{"untrusted root", func(cfg *ClientConfig) { cfg.Address = lis.Addr().String() }, "certificate signed by unknown authority"},
+		{"untrusted root", func(cfg *caclient.ClientConfig) { cfg.Address = lis.Addr().String() }, "certificate signed by unknown authority"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -231,16 +239,16 @@ func TestClientVerifiesTheServersIdentity(t *testing.T) {
 
 func TestClientRereadsTokenAndRootFiles(t *testing.T) {
 	g := NewWithT(t)
-	c := newTestClient(t)
+	c, cfg := newTestClientConfig(t)
 	id := workloadOnNodeA(t, "cli-files")
 
 	// The token file is read on every request.
-	good, err := os.ReadFile(c.cfg.TokenFile)
+	good, err := os.ReadFile(cfg.TokenFile)
 	g.Expect(err).NotTo(HaveOccurred())
-	g.Expect(os.WriteFile(c.cfg.TokenFile, []byte(podToken(t, mustPod(t, appsNS, "x", "x", nodeA, nil))), 0o600)).To(Succeed())
+	g.Expect(os.WriteFile(cfg.TokenFile, []byte(podToken(t, mustPod(t, appsNS, "x", "x", nodeA, nil))), 0o600)).To(Succeed())
 	_, err = c.Certificate(t.Context(), id)
 	g.Expect(status.Code(err)).To(Equal(codes.PermissionDenied), "a workload's token may not get another identity")
-	g.Expect(os.WriteFile(c.cfg.TokenFile, good, 0o600)).To(Succeed()) // #nosec G703 -- a file of t.TempDir
+	g.Expect(os.WriteFile(cfg.TokenFile, good, 0o600)).To(Succeed()) // #nosec G703 -- a file of t.TempDir
 	_, err = c.Certificate(t.Context(), id)
 	g.Expect(err).NotTo(HaveOccurred())
 
@@ -252,9 +260,9 @@ func TestClientRereadsTokenAndRootFiles(t *testing.T) {
 	raw := pemBlocks(foreign)
 	_, err = identity.VerifyChain(raw, c.Roots(), td, x509.ExtKeyUsageClientAuth)
 	g.Expect(err).To(HaveOccurred())
-	g.Expect(os.WriteFile(c.cfg.RootCertFile, append(append([]byte{}, fx.rootPEM...), other.RootPEM()...), 0o600)).To(Succeed())
+	g.Expect(os.WriteFile(cfg.RootCertFile, append(append([]byte{}, fx.rootPEM...), other.RootPEM()...), 0o600)).To(Succeed())
 	later := time.Now().Add(time.Minute) // a distinct modification time even on coarse file systems
-	g.Expect(os.Chtimes(c.cfg.RootCertFile, later, later)).To(Succeed())
+	g.Expect(os.Chtimes(cfg.RootCertFile, later, later)).To(Succeed())
 	g.Eventually(func() error {
 		_, err := identity.VerifyChain(raw, c.Roots(), td, x509.ExtKeyUsageClientAuth)
 		return err

@@ -28,6 +28,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	apiv1alpha1 "github.com/ambient-dev/ambient-operator/dataplane/api/v1alpha1"
+	"github.com/ambient-dev/ambient-operator/dataplane/caclient"
 	"github.com/ambient-dev/ambient-operator/dataplane/identity"
 	"github.com/ambient-dev/ambient-operator/dataplane/internal/kubetest"
 )
@@ -287,7 +288,7 @@ func request(ctx context.Context, conn *grpc.ClientConn, token string, csrPEM []
 
 func mustCSR(t *testing.T, id identity.Identity) []byte {
 	t.Helper()
-	csr, _, err := NewCSR(id)
+	csr, _, err := caclient.NewCSR(id)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -30,6 +30,7 @@ import (
 	"k8s.io/client-go/tools/cache"
 
 	apiv1alpha1 "github.com/ambient-dev/ambient-operator/dataplane/api/v1alpha1"
+	"github.com/ambient-dev/ambient-operator/dataplane/caclient"
 	"github.com/ambient-dev/ambient-operator/dataplane/identity"
 )
 
@@ -600,7 +601,7 @@ func (s *Server) loadRoot(secret *corev1.Secret) (*rootState, error) {
 	if err != nil {
 		return nil, fmt.Errorf("secret %s: %w", s.secretRef(), err)
 	}
-	chainCerts, err := parseCerts(certPEM)
+	chainCerts, err := caclient.ParseCerts(certPEM)
 	if err != nil {
 		return nil, fmt.Errorf("secret %s data.%s: %w", s.secretRef(), corev1.TLSCertKey, err)
 	}
@@ -609,7 +610,7 @@ func (s *Server) loadRoot(secret *corev1.Secret) (*rootState, error) {
 		r.chain = append(r.chain, string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})))
 	}
 	if caPEM := secret.Data["ca.crt"]; len(bytes.TrimSpace(caPEM)) > 0 {
-		if r.anchors, err = parseCerts(caPEM); err != nil {
+		if r.anchors, err = caclient.ParseCerts(caPEM); err != nil {
 			return nil, fmt.Errorf("secret %s data.ca.crt: %w", s.secretRef(), err)
 		}
 	}
@@ -620,28 +621,4 @@ func (s *Server) loadRoot(secret *corev1.Secret) (*rootState, error) {
 	}
 	copy(r.sum[:], h.Sum(nil))
 	return r, nil
-}
-
-// parseCerts parses every CERTIFICATE block of a PEM bundle; it fails when there is none.
-func parseCerts(data []byte) ([]*x509.Certificate, error) {
-	var out []*x509.Certificate
-	for rest := data; ; {
-		var b *pem.Block
-		b, rest = pem.Decode(rest)
-		if b == nil {
-			break
-		}
-		if b.Type != "CERTIFICATE" {
-			continue
-		}
-		c, err := x509.ParseCertificate(b.Bytes)
-		if err != nil {
-			return nil, fmt.Errorf("parse certificate: %w", err)
-		}
-		out = append(out, c)
-	}
-	if len(out) == 0 {
-		return nil, errors.New("no PEM certificate")
-	}
-	return out, nil
 }

@@ -1,7 +1,7 @@
 // Package ca is the mesh's certificate authority: it generates the root, signs workload CSRs with
 // SPIFFE URI SANs (ECDSA P-256), serves CertificateService over gRPC, authenticating callers with
-// Kubernetes TokenReview and authorizing them by the pods on their node (server.go, auth.go), and holds
-// the proxies' client of that service, a certs.Provider that fetches and renews certificates (client.go).
+// Kubernetes TokenReview and authorizing them by the pods on their node (server.go, auth.go). The proxies'
+// client of that service is package caclient.
 package ca
 
 import (
@@ -20,6 +20,7 @@ import (
 	"net/url"
 	"time"
 
+	"github.com/ambient-dev/ambient-operator/dataplane/caclient"
 	"github.com/ambient-dev/ambient-operator/dataplane/identity"
 )
 
@@ -167,28 +168,10 @@ func (s *Signer) sign(pub any, id identity.Identity, dnsNames []string, ips []ne
 	return append(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), s.certPEM...), nil
 }
 
-// NewCSR generates an ECDSA P-256 key and a CSR for an identity. It returns the PEM CSR and PEM key.
-func NewCSR(id identity.Identity) (csrPEM, keyPEM []byte, err error) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		return nil, nil, fmt.Errorf("generate key: %w", err)
-	}
-	der, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{URIs: []*url.URL{id.URL()}}, key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("create CSR for %s: %w", id, err)
-	}
-	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
-	if err != nil {
-		return nil, nil, fmt.Errorf("encode key: %w", err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: der}),
-		pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), nil
-}
-
 // Issue generates a key and signs a certificate for id directly, without a CSR round trip: for static
 // setups, tools and tests. It returns the PEM chain and key.
 func (s *Signer) Issue(id identity.Identity, ttl time.Duration) (chainPEM, keyPEM []byte, err error) {
-	csrPEM, keyPEM, err := NewCSR(id)
+	csrPEM, keyPEM, err := caclient.NewCSR(id)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -13,6 +13,7 @@ import (
 
 	. "github.com/onsi/gomega"
 
+	"github.com/ambient-dev/ambient-operator/dataplane/caclient"
 	"github.com/ambient-dev/ambient-operator/dataplane/identity"
 )
 
@@ -72,7 +73,7 @@ func TestSignCapsTTLAtRootExpiry(t *testing.T) {
 
 func TestParseCSRRejects(t *testing.T) {
 	id := identity.New("cluster.local", "default", "sleep")
-	good, _, err := NewCSR(id)
+	good, _, err := caclient.NewCSR(id)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,24 +5,22 @@ import (
 	"fmt"
 	"strings"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/protobuf/types/known/structpb"
+
+	"github.com/ambient-dev/ambient-operator/dataplane/xdsclient"
 )
+
+// NodeInfo is who a subscriber says it is (see xdsclient.NodeInfo); the server and its clients share it.
+type NodeInfo = xdsclient.NodeInfo
 
 // Roles of subscribers, the "role" key of node.metadata.
 const (
-	RoleNode     = "node"
-	RoleWaypoint = "waypoint"
+	RoleNode     = xdsclient.RoleNode
+	RoleWaypoint = xdsclient.RoleWaypoint
 )
 
-// Keys of node.metadata (a Struct) by which subscribers identify themselves.
-const (
-	MetaRole      = "role"
-	MetaNodeName  = "node_name"
-	MetaNamespace = "namespace"
-	MetaWaypoint  = "waypoint"
-)
+// waypointKey is the key of the waypoint's Service, as resources name it.
+func waypointKey(n NodeInfo) string { return n.Namespace + "/" + n.Waypoint }
 
 // DefaultNodeServiceAccount is the node proxies' service account in the mesh namespace.
 const DefaultNodeServiceAccount = "ambient-node"
@@ -40,63 +38,6 @@ type Caller struct {
 // The xDS command uses the CA's TokenReview-based authenticator.
 type Authenticator interface {
 	Authenticate(ctx context.Context, token string) (Caller, error)
-}
-
-// NodeInfo is who a subscriber says it is, from node.metadata of its first request.
-type NodeInfo struct {
-	// Role is RoleNode or RoleWaypoint.
-	Role string
-	// NodeName is the node of a node proxy.
-	NodeName string
-	// Namespace and Waypoint name a waypoint (its Service, and the Waypoint or Gateway).
-	Namespace string
-	Waypoint  string
-}
-
-// Metadata returns the node.metadata Struct a client sends for this identity.
-func (n NodeInfo) Metadata() *structpb.Struct {
-	f := map[string]*structpb.Value{MetaRole: structpb.NewStringValue(n.Role)}
-	if n.NodeName != "" {
-		f[MetaNodeName] = structpb.NewStringValue(n.NodeName)
-	}
-	if n.Namespace != "" {
-		f[MetaNamespace] = structpb.NewStringValue(n.Namespace)
-	}
-	if n.Waypoint != "" {
-		f[MetaWaypoint] = structpb.NewStringValue(n.Waypoint)
-	}
-	return &structpb.Struct{Fields: f}
-}
-
-// String describes the subscriber for logs.
-func (n NodeInfo) String() string {
-	if n.Role == RoleWaypoint {
-		return "waypoint " + n.Namespace + "/" + n.Waypoint
-	}
-	return "node " + n.NodeName
-}
-
-// waypointKey is the key of the waypoint's Service, as resources name it.
-func (n NodeInfo) waypointKey() string { return n.Namespace + "/" + n.Waypoint }
-
-// parseNode reads the subscriber's identity from node.metadata.
-func parseNode(node *corev3.Node) (NodeInfo, error) {
-	md := node.GetMetadata().GetFields()
-	str := func(k string) string { return md[k].GetStringValue() }
-	n := NodeInfo{Role: str(MetaRole), NodeName: str(MetaNodeName), Namespace: str(MetaNamespace), Waypoint: str(MetaWaypoint)}
-	switch n.Role {
-	case RoleNode:
-		if n.NodeName == "" {
-			return n, fmt.Errorf("node.metadata: role %q needs %q", RoleNode, MetaNodeName)
-		}
-	case RoleWaypoint:
-		if n.Namespace == "" || n.Waypoint == "" || strings.Contains(n.Namespace, "/") || strings.Contains(n.Waypoint, "/") {
-			return n, fmt.Errorf("node.metadata: role %q needs %q and %q (names without '/')", RoleWaypoint, MetaNamespace, MetaWaypoint)
-		}
-	default:
-		return n, fmt.Errorf("node.metadata: %q is %q; want %q or %q", MetaRole, n.Role, RoleNode, RoleWaypoint)
-	}
-	return n, nil
 }
 
 // authorize checks that the caller may subscribe as n: a node proxy is the node service account of the

@@ -1,4 +1,4 @@
-// Package xds is the compact xDS control plane of the mesh and its client.
+// Package xds is the compact xDS control plane of the mesh.
 //
 // The server side translates Kubernetes objects (Pods, Services, EndpointSlices, Namespaces, ambient.dev
 // Waypoints, waypoint Gateways and Istio AuthorizationPolicies), watched through shared informers, into the
@@ -14,7 +14,7 @@
 //   - TranslatePolicy is the L4 translation of an AuthorizationPolicy; whatever only a L7 proxy could
 //     enforce never widens access.
 //
-// The client side, Client, is what node proxies and waypoints run: it dials the server over TLS 1.3,
-// verifying its SPIFFE identity, subscribes to the three types, applies what it receives to a state.Store,
-// ACKs or NACKs, and reconnects with backoff, resuming with the versions it holds.
+// The client side, what node proxies and waypoints run, is package xdsclient: it dials the server over TLS
+// 1.3, verifying its SPIFFE identity, subscribes to the three types, applies what it receives to a
+// state.Store, ACKs or NACKs, and reconnects with backoff, resuming with the versions it holds.
 package xds

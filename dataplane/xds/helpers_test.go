@@ -36,6 +36,7 @@ import (
 	"github.com/ambient-dev/ambient-operator/dataplane/identity"
 	"github.com/ambient-dev/ambient-operator/dataplane/internal/kubetest"
 	"github.com/ambient-dev/ambient-operator/dataplane/state"
+	"github.com/ambient-dev/ambient-operator/dataplane/xdsclient"
 )
 
 const (
@@ -212,7 +213,7 @@ func (h *grpcHarness) stop() {
 }
 
 // startClient runs a real Client against the harness; it stops when the test ends.
-func startClient(t testing.TB, h *grpcHarness, node NodeInfo, token string, log logr.Logger) (*Client, *state.Store) {
+func startClient(t testing.TB, h *grpcHarness, node NodeInfo, token string, log logr.Logger) (*xdsclient.Client, *state.Store) {
 	t.Helper()
 	dir := t.TempDir()
 	tokenFile := filepath.Join(dir, "token")
@@ -220,7 +221,7 @@ func startClient(t testing.TB, h *grpcHarness, node NodeInfo, token string, log 
 		t.Fatal(err)
 	}
 	st := state.NewStore(testTD)
-	c, err := NewClient(ClientOptions{
+	c, err := xdsclient.NewClient(xdsclient.ClientOptions{
 		Address: h.addr, Identity: serverID().String(), RootCertFile: h.pki.rootFile, TokenFile: tokenFile,
 		Node: node, Store: st, Logger: log, InitialBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond,
 	})

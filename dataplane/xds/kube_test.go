@@ -19,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/ambient-dev/ambient-operator/dataplane/state"
+	"github.com/ambient-dev/ambient-operator/dataplane/xdsclient"
 )
 
 // kube is a running translator and xDS server over the shared API server.
@@ -70,7 +71,7 @@ func startKube(t *testing.T) *kube {
 	return k
 }
 
-func (k *kube) client(node NodeInfo, token string) (*Client, *state.Store) {
+func (k *kube) client(node NodeInfo, token string) (*xdsclient.Client, *state.Store) {
 	c, st := startClient(k.t, k.h, node, token, testLogger(k.t))
 	NewWithT(k.t).Eventually(c.Synced(), 10*time.Second).Should(BeClosed())
 	return c, st

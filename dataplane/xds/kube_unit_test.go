@@ -14,6 +14,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	api "github.com/ambient-dev/ambient-operator/dataplane/api/v1alpha1"
+	"github.com/ambient-dev/ambient-operator/dataplane/xdsclient"
 )
 
 func TestEnrolled(t *testing.T) {
@@ -181,7 +182,7 @@ func TestNodeInfoAndAuthorize(t *testing.T) {
 	} {
 		err := authorize(tc.n, tc.c, mesh, nodeSA)
 		g.Expect(err == nil).To(Equal(tc.ok), "%s: %v", tc.name, err)
-		parsed, err := parseNode(nodeWithMeta(tc.n))
+		parsed, err := xdsclient.ParseNode(nodeWithMeta(tc.n))
 		g.Expect(err).NotTo(HaveOccurred())
 		g.Expect(parsed).To(Equal(tc.n))
 	}

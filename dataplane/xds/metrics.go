@@ -5,7 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
-	api "github.com/ambient-dev/ambient-operator/dataplane/api/v1alpha1"
+	"github.com/ambient-dev/ambient-operator/dataplane/xdsclient"
 )
 
 // Metrics are the xDS server's Prometheus metrics. A nil *Metrics records nothing.
@@ -74,27 +74,20 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 	return m, nil
 }
 
-// typeNames are the short names of the resource types, the type label of the metrics.
-var typeNames = [numTypes]string{"Workload", "Service", "Authorization"}
-
-// typeURLs are the type URLs, indexed like typeNames.
-var typeURLs = [numTypes]string{api.WorkloadType, api.ServiceType, api.AuthorizationType}
-
-const (
-	typeWorkload = iota
-	typeService
-	typeAuthorization
-	numTypes
+// The resource types, as the client indexes them (see xdsclient.TypeNames).
+var (
+	typeNames = xdsclient.TypeNames
+	typeURLs  = xdsclient.TypeURLs
 )
 
-func typeIndex(url string) (int, bool) {
-	for i, u := range typeURLs {
-		if u == url {
-			return i, true
-		}
-	}
-	return 0, false
-}
+const (
+	typeWorkload      = xdsclient.TypeWorkload
+	typeService       = xdsclient.TypeService
+	typeAuthorization = xdsclient.TypeAuthorization
+	numTypes          = xdsclient.NumTypes
+)
+
+func typeIndex(url string) (int, bool) { return xdsclient.TypeIndex(url) }
 
 func (m *Metrics) policyIssue(reason string) {
 	if m != nil {

@@ -17,13 +17,12 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/ambient-dev/ambient-operator/dataplane/xdsclient"
 )
 
-// InitialSyncDone is the system_version_info of the last response of a type's initial state on a stream:
-// once a client has seen it for every type it subscribed to, it holds the server's full state. (The
-// initial state of a type may be split over several responses; a client that already holds everything gets
-// one empty response with the marker.)
-const InitialSyncDone = "ambient.dev/initial-sync-done"
+// InitialSyncDone marks the end of a type's initial state on a stream (see xdsclient.InitialSyncDone).
+const InitialSyncDone = xdsclient.InitialSyncDone
 
 // Defaults of ServerOptions.
 const (
@@ -349,7 +348,7 @@ func (s *Server) addSubscriber(sub *subscriber) {
 	if sub.info.Role == RoleNode {
 		s.nodeSubs[sub] = struct{}{}
 	} else {
-		w := sub.info.waypointKey()
+		w := waypointKey(sub.info)
 		if s.wpSubs[w] == nil {
 			s.wpSubs[w] = map[*subscriber]struct{}{}
 		}
@@ -364,7 +363,7 @@ func (s *Server) removeSubscriber(sub *subscriber) {
 	if sub.info.Role == RoleNode {
 		delete(s.nodeSubs, sub)
 	} else {
-		w := sub.info.waypointKey()
+		w := waypointKey(sub.info)
 		delete(s.wpSubs[w], sub)
 		if len(s.wpSubs[w]) == 0 {
 			delete(s.wpSubs, w)
@@ -382,7 +381,7 @@ func (s *Server) DeltaAggregatedResources(stream discoveryv3.AggregatedDiscovery
 	if err != nil {
 		return err
 	}
-	info, err := parseNode(first.GetNode())
+	info, err := xdsclient.ParseNode(first.GetNode())
 	if err != nil {
 		s.metrics.refuse("bad_request")
 		return status.Error(codes.InvalidArgument, err.Error())
@@ -527,7 +526,7 @@ func (s *Server) initialState(sub *subscriber, t int) ([]*entry, []string) {
 				inScope(name, e)
 			}
 		}
-	} else if m := s.members[sub.info.waypointKey()]; m != nil {
+	} else if m := s.members[waypointKey(sub.info)]; m != nil {
 		for name := range m[t] {
 			inScope(name, s.entries[t][name])
 		}

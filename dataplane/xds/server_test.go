@@ -18,6 +18,7 @@ import (
 
 	api "github.com/ambient-dev/ambient-operator/dataplane/api/v1alpha1"
 	"github.com/ambient-dev/ambient-operator/dataplane/state"
+	"github.com/ambient-dev/ambient-operator/dataplane/xdsclient"
 )
 
 func writeFile(t *testing.T, dir, name, content string) string {
@@ -320,7 +321,7 @@ func TestClientReconnects(t *testing.T) {
 	addr := h1.addr
 	c1, st1 := startClient(t, h1, nodeSub, nodeToken, testLogger(t))
 	c2, st2 := startClient(t, h1, NodeInfo{Role: RoleNode, NodeName: "node2"}, nodeToken, testLogger(t))
-	for _, c := range []*Client{c1, c2} {
+	for _, c := range []*xdsclient.Client{c1, c2} {
 		g.Eventually(c.Synced(), 5*time.Second).Should(BeClosed())
 		g.Expect(c.Connected()).To(BeTrue())
 	}
@@ -341,7 +342,7 @@ func TestClientReconnects(t *testing.T) {
 	next = append(next, wlChange(workload("app", "added", 251), true))
 	srv2.Apply(next)
 	serve(t, srv2, p, addr)
-	for _, c := range []*Client{c1, c2} {
+	for _, c := range []*xdsclient.Client{c1, c2} {
 		g.Eventually(c.Connected, 5*time.Second).Should(BeTrue())
 	}
 	g.Eventually(func() [3]int { return countsOf(st1) }, 5*time.Second).Should(Equal([3]int{100, 1, 1}))
@@ -388,7 +389,7 @@ func TestClientVerifiesServer(t *testing.T) {
 	h := serve(t, srv, newPKI(t, serverID()), "127.0.0.1:0")
 	st := state.NewStore(testTD)
 	dir := t.TempDir()
-	c, err := NewClient(ClientOptions{
+	c, err := xdsclient.NewClient(xdsclient.ClientOptions{
 		Address: h.addr, Identity: "spiffe://" + testTD + "/ns/" + testMeshNS + "/sa/impostor", RootCertFile: h.pki.rootFile,
 		TokenFile: writeFile(t, dir, "token", nodeToken), Node: nodeSub, Store: st, InitialBackoff: 10 * time.Millisecond,
 	})

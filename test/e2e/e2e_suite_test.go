@@ -41,19 +41,21 @@ func TestE2E(t *testing.T) {
 	RunSpecs(t, "End-to-end suite")
 }
 
-// binaries builds the operator, the data plane and the demo applications, or takes them from
+// binaries builds the operator, the data plane (ambient-dataplane and, beside it, ambient-proxy) and the
+// demo applications, or takes them from
 // $AMBIENT_E2E_BIN (make test-e2e builds them first).
 func binaries() (manager, dataplane, app string) {
 	dir := os.Getenv("AMBIENT_E2E_BIN")
 	if dir == "" {
 		dir = GinkgoT().TempDir()
 		root := testenv.RepoRoot()
-		for _, b := range []struct{ out, dir, pkg string }{
-			{"manager", root, "."},
-			{"ambient-dataplane", filepath.Join(root, "dataplane"), "./cmd/ambient-dataplane"},
-			{"ambient-demo", root, "./hack/demo"},
+		for _, b := range []struct{ out, dir, pkg, tags string }{
+			{"manager", root, ".", ""},
+			{"ambient-dataplane", filepath.Join(root, "dataplane"), "./cmd/ambient-dataplane", ""},
+			{"ambient-proxy", filepath.Join(root, "dataplane"), "./cmd/ambient-dataplane", "proxyonly"},
+			{"ambient-demo", root, "./hack/demo", ""},
 		} {
-			cmd := exec.Command("go", "build", "-o", filepath.Join(dir, b.out), b.pkg)
+			cmd := exec.Command("go", "build", "-tags", b.tags, "-o", filepath.Join(dir, b.out), b.pkg)
 			cmd.Dir = b.dir
 			out, err := cmd.CombinedOutput()
 			Expect(err).NotTo(HaveOccurred(), "build %s: %s", b.out, out)

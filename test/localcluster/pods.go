@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -199,13 +200,17 @@ func (p *Pod) startContainer(ctx context.Context, pod *corev1.Pod, ctr corev1.Co
 		}
 		envList = append(envList, "KUBECONFIG="+kc)
 	}
-	args := make([]string, 0, len(ctr.Args))
-	for _, a := range append(append([]string(nil), ctr.Command...), ctr.Args...) {
-		args = append(args, mapPaths(expandVars(a, env), mounts))
-	}
-	bin, err := c.binaryFor(ctr.Image)
+	bin, err := c.binaryFor(ctr)
 	if err != nil {
 		return err
+	}
+	var cmdArgs []string // what follows the executable
+	if len(ctr.Command) > 0 {
+		cmdArgs = ctr.Command[1:]
+	}
+	args := make([]string, 0, len(cmdArgs)+len(ctr.Args))
+	for _, a := range append(append([]string(nil), cmdArgs...), ctr.Args...) {
+		args = append(args, mapPaths(expandVars(a, env), mounts))
 	}
 	proc, err := c.startProcess(processSpec{name: fmt.Sprintf("%s_%s_%s", pod.Namespace, pod.Name, ctr.Name), bin: bin, args: args, env: envList, netns: p.Netns})
 	if err != nil {
@@ -220,15 +225,24 @@ func (p *Pod) startContainer(ctx context.Context, pod *corev1.Pod, ctr corev1.Co
 	return nil
 }
 
-// binaryFor maps an image to the binary that stands for it.
-func (c *Cluster) binaryFor(image string) (string, error) {
+// binaryFor maps a container to the binary that stands for its executable: the data-plane image's
+// entrypoint is DataplaneBin, and a command in that image (/usr/local/bin/ambient-proxy) is the file of
+// the same name beside DataplaneBin.
+func (c *Cluster) binaryFor(ctr corev1.Container) (string, error) {
 	switch {
-	case strings.Contains(image, "ambient-dataplane"):
-		return c.opts.DataplaneBin, nil
-	case strings.HasPrefix(image, AppImage):
+	case strings.Contains(ctr.Image, "ambient-dataplane"):
+		if len(ctr.Command) == 0 {
+			return c.opts.DataplaneBin, nil
+		}
+		bin := filepath.Join(filepath.Dir(c.opts.DataplaneBin), path.Base(ctr.Command[0]))
+		if _, err := os.Stat(bin); err != nil {
+			return "", fmt.Errorf("container %s runs %s of image %s: %w", ctr.Name, ctr.Command[0], ctr.Image, err)
+		}
+		return bin, nil
+	case strings.HasPrefix(ctr.Image, AppImage):
 		return c.opts.AppBin, nil
 	}
-	return "", fmt.Errorf("no binary stands for image %q", image)
+	return "", fmt.Errorf("no binary stands for image %q", ctr.Image)
 }
 
 // AppImage is the image of demo applications; their containers run AppBin with the container's args.

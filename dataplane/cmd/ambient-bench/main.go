@@ -70,7 +70,7 @@ of that namespace, which is removed at the end (also on Ctrl-C). It needs root.`
 		},
 	}
 	f := root.Flags()
-	f.StringVar(&opts.DataplaneBin, "dataplane-bin", "", "The ambient-dataplane binary to measure; built from the module in the working directory when empty.")
+	f.StringVar(&opts.DataplaneBin, "dataplane-bin", "", "The node proxies' binary to measure (ambient-proxy, as the operator runs them, or ambient-dataplane); ambient-proxy is built from the module in the working directory when empty.")
 	f.StringVar(&opts.Markdown, "markdown", "", "Also write the tables in Markdown to this file.")
 	f.StringSliceVar(&opts.Phases, "phases", opts.Phases, "Phases to run: "+strings.Join(bench.AllPhases, ","))
 	f.IntVar(&opts.Repeats, "repeats", opts.Repeats, "Runs per path of the throughput and connection-rate measurements (the median is reported).")

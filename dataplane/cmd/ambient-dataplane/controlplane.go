@@ -4,29 +4,29 @@ import (
 	"context"
 	"fmt"
 
-	"github.com/ambient-dev/ambient-operator/dataplane/ca"
+	"github.com/ambient-dev/ambient-operator/dataplane/caclient"
 	"github.com/ambient-dev/ambient-operator/dataplane/identity"
-	"github.com/ambient-dev/ambient-operator/dataplane/xds"
+	"github.com/ambient-dev/ambient-operator/dataplane/xdsclient"
 )
 
 // startControlPlane subscribes the store to the xDS server and takes workload certificates from its CA
 // (both at --xds-address). Readiness item "config" is done once the first full state arrived; the proxy
 // itself reports "workloads" once it serves every local workload of that state. While the server is unreachable the proxy keeps serving with the state
 // and certificates it has; the clients reconnect with backoff.
-func (rt *proxyRuntime) startControlPlane(ctx context.Context, node xds.NodeInfo) error {
+func (rt *proxyRuntime) startControlPlane(ctx context.Context, node xdsclient.NodeInfo) error {
 	f := rt.flags
 	serverID, err := identity.Parse(f.xdsIdentity)
 	if err != nil {
 		return fmt.Errorf("--xds-identity: %w", err)
 	}
-	certClient, err := ca.NewClient(ca.ClientConfig{
+	certClient, err := caclient.NewClient(caclient.ClientConfig{
 		Address: f.xdsAddress, ServerIdentity: serverID, RootCertFile: f.rootCert, TokenFile: f.token,
 		TrustDomain: f.trustDomain, Logger: rt.log.WithName("ca-client"),
 	})
 	if err != nil {
 		return fmt.Errorf("certificate client: %w", err)
 	}
-	client, err := xds.NewClient(xds.ClientOptions{
+	client, err := xdsclient.NewClient(xdsclient.ClientOptions{
 		Address: f.xdsAddress, Identity: f.xdsIdentity, RootCertFile: f.rootCert, TokenFile: f.token,
 		Node: node, Store: rt.store, Logger: rt.log, Metrics: rt.metrics,
 	})

@@ -1,5 +1,9 @@
-// Command ambient-dataplane is the one binary of the mesh data plane: the node proxy, the waypoint, the
-// compact xDS server with the certificate authority, and the CNI plugin / node agent.
+// Command ambient-dataplane is the mesh data plane: the node proxy, the waypoint, the compact xDS server
+// with the certificate authority, and the CNI plugin / node agent.
+//
+// Built with -tags proxyonly it is ambient-proxy, the same commands without the xDS server: the node
+// proxy and the waypoint run that build, which does not link the Kubernetes client libraries the server
+// needs, so that a proxy starts with less than half the memory (docs/performance.md).
 package main
 
 import (
@@ -27,9 +31,9 @@ func main() {
 
 func newRootCommand() *cobra.Command {
 	root := &cobra.Command{
-		Use:   "ambient-dataplane",
+		Use:   binaryName,
 		Short: "The ambient mesh data plane: node proxy, waypoint, xDS server and CA, CNI agent",
-		Long: `ambient-dataplane runs one role of the sidecar-less mesh data plane.
+		Long: binaryName + ` runs one role of the sidecar-less mesh data plane.
 
 The operator starts it with the right subcommand and flags; every port and path is a flag so that
 tests and local runs can move them.`,
@@ -38,7 +42,7 @@ tests and local runs can move them.`,
 	root.AddCommand(newVersionCommand())
 	addProxyCommands(root)
 	root.AddCommand(newCNICommand())
-	root.AddCommand(newXDSCommand())
+	addXDSCommand(root)
 	return root
 }
 
@@ -52,7 +56,7 @@ func newVersionCommand() *cobra.Command {
 			if commit == "" {
 				commit = "unknown"
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "ambient-dataplane %s (commit %s, %s, %s/%s)\n",
+			fmt.Fprintf(cmd.OutOrStdout(), "%s %s (commit %s, %s, %s/%s)\n", binaryName,
 				version.Version, commit, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 		},
 	}

@@ -8,7 +8,7 @@ import (
 
 	"github.com/ambient-dev/ambient-operator/dataplane/proxy"
 	"github.com/ambient-dev/ambient-operator/dataplane/redirect"
-	"github.com/ambient-dev/ambient-operator/dataplane/xds"
+	"github.com/ambient-dev/ambient-operator/dataplane/xdsclient"
 )
 
 func newNodeCommand() *cobra.Command {
@@ -30,7 +30,7 @@ listeners bind the workload's address in the proxy's own network namespace.`,
 			}
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
-			rt, err := newProxyRuntime(ctx, f, "node-proxy", xds.NodeInfo{Role: xds.RoleNode, NodeName: nodeName})
+			rt, err := newProxyRuntime(ctx, f, "node-proxy", xdsclient.NodeInfo{Role: xdsclient.RoleNode, NodeName: nodeName})
 			if err != nil {
 				return err
 			}

@@ -22,7 +22,7 @@ import (
 	"github.com/ambient-dev/ambient-operator/dataplane/state"
 	"github.com/ambient-dev/ambient-operator/dataplane/telemetry"
 	"github.com/ambient-dev/ambient-operator/dataplane/version"
-	"github.com/ambient-dev/ambient-operator/dataplane/xds"
+	"github.com/ambient-dev/ambient-operator/dataplane/xdsclient"
 )
 
 // proxyFlags are the flags node proxies and waypoints share.
@@ -97,7 +97,7 @@ type proxyRuntime struct {
 
 // newProxyRuntime sets up logging, metrics, readiness, the state store and the certificates: from the
 // control plane at --xds-address (node says who subscribes), else from --config and --cert-dir.
-func newProxyRuntime(ctx context.Context, f *proxyFlags, role string, node xds.NodeInfo) (*proxyRuntime, error) {
+func newProxyRuntime(ctx context.Context, f *proxyFlags, role string, node xdsclient.NodeInfo) (*proxyRuntime, error) {
 	if err := f.validate(); err != nil {
 		return nil, err
 	}

@@ -10,7 +10,7 @@ import (
 
 	"github.com/ambient-dev/ambient-operator/dataplane/identity"
 	"github.com/ambient-dev/ambient-operator/dataplane/proxy"
-	"github.com/ambient-dev/ambient-operator/dataplane/xds"
+	"github.com/ambient-dev/ambient-operator/dataplane/xdsclient"
 )
 
 func newWaypointCommand() *cobra.Command {
@@ -41,7 +41,7 @@ with the waypoint's own identity.`,
 			}
 			ctx, cancel := context.WithCancel(cmd.Context())
 			defer cancel()
-			rt, err := newProxyRuntime(ctx, f, "waypoint", xds.NodeInfo{Role: xds.RoleWaypoint, Namespace: namespace, Waypoint: name})
+			rt, err := newProxyRuntime(ctx, f, "waypoint", xdsclient.NodeInfo{Role: xdsclient.RoleWaypoint, Namespace: namespace, Waypoint: name})
 			if err != nil {
 				return err
 			}

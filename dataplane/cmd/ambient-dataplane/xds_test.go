@@ -1,3 +1,5 @@
+//go:build !proxyonly
+
 package main
 
 import (
@@ -25,6 +27,7 @@ import (
 	"github.com/ambient-dev/ambient-operator/dataplane/internal/kubetest"
 	"github.com/ambient-dev/ambient-operator/dataplane/state"
 	"github.com/ambient-dev/ambient-operator/dataplane/xds"
+	"github.com/ambient-dev/ambient-operator/dataplane/xdsclient"
 )
 
 func freePort(t *testing.T) int {
@@ -60,9 +63,9 @@ func TestXDSCommand(t *testing.T) {
 	g.Expect(os.WriteFile(tokenFile, []byte(tr.Status.Token), 0o600)).To(Succeed())
 
 	store := state.NewStore(fixtureTD)
-	client, err := xds.NewClient(xds.ClientOptions{
+	client, err := xdsclient.NewClient(xdsclient.ClientOptions{
 		Address: "127.0.0.1:" + strconv.Itoa(fx.flags.grpcPort), Identity: "spiffe://" + fixtureTD + "/ns/" + fixtureNS + "/sa/ambient-xds",
-		RootCertFile: fx.rootFile, TokenFile: tokenFile, Node: xds.NodeInfo{Role: xds.RoleNode, NodeName: "node1"},
+		RootCertFile: fx.rootFile, TokenFile: tokenFile, Node: xdsclient.NodeInfo{Role: xdsclient.RoleNode, NodeName: "node1"},
 		Store: store, Logger: logr.Discard(),
 	})
 	g.Expect(err).NotTo(HaveOccurred())

@@ -43,7 +43,8 @@ var AllPhases = []string{PhaseMemory, PhaseThroughput, PhaseConnRate, PhaseLaten
 
 // Options configure a run.
 type Options struct {
-	// DataplaneBin is the ambient-dataplane binary; when empty it is built from the module in the
+	// DataplaneBin is the binary the node proxies run (ambient-proxy, or ambient-dataplane, which has the
+	// same node command); when empty ambient-proxy is built from the module in the
 	// working directory.
 	DataplaneBin string
 	// Markdown, if set, is a file the tables are also written to, in Markdown.
@@ -116,7 +117,7 @@ func (o Options) validate() error {
 	return nil
 }
 
-// Run checks the prerequisites, builds ambient-dataplane if needed, creates a network namespace,
+// Run checks the prerequisites, builds ambient-proxy if needed, creates a network namespace,
 // re-executes this program inside it with args (plus --dataplane-bin) and removes the namespace when
 // done or when ctx ends (Ctrl-C).
 func Run(ctx context.Context, opts Options, args []string, stdout, stderr io.Writer) error {
@@ -142,9 +143,9 @@ func Run(ctx context.Context, opts Options, args []string, stdout, stderr io.Wri
 			return err
 		}
 		defer func() { _ = os.RemoveAll(dir) }()
-		bin = filepath.Join(dir, "ambient-dataplane")
-		fmt.Fprintln(stderr, "Building ambient-dataplane (pass --dataplane-bin to use a built one)")
-		build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/ambient-dev/ambient-operator/dataplane/cmd/ambient-dataplane") // #nosec G204 -- fixed arguments
+		bin = filepath.Join(dir, "ambient-proxy")
+		fmt.Fprintln(stderr, "Building ambient-proxy, the node proxies' binary (pass --dataplane-bin to use a built one)")
+		build := exec.CommandContext(ctx, "go", "build", "-tags", "proxyonly", "-o", bin, "github.com/ambient-dev/ambient-operator/dataplane/cmd/ambient-dataplane") // #nosec G204 -- fixed arguments
 		if out, err := build.CombinedOutput(); err != nil {
 			return fmt.Errorf("build ambient-dataplane (run from the dataplane module, or pass --dataplane-bin): %w\n%s", err, out)
 		}

@@ -102,11 +102,12 @@ func (c *checker) run(execArgs, expect, version, out string) error {
 	if err := checkUser(final); err != nil {
 		return err
 	}
-	entry := ""
-	for _, in := range final.Instr {
-		if in.Cmd == "COPY" && in.Flags["from"] != "" {
-			entry = filepath.Join(c.roots[len(c.roots)-1], in.Args[len(in.Args)-1])
-		}
+	entry, err := entrypoint(final)
+	if err != nil {
+		return err
+	}
+	if entry != "" {
+		entry = filepath.Join(c.roots[len(c.roots)-1], filepath.FromSlash(entry))
 	}
 	for _, b := range c.built {
 		if err := checkStatic(b); err != nil {
@@ -126,6 +127,25 @@ func (c *checker) run(execArgs, expect, version, out string) error {
 		return c.exec(entry, execArgs, expect, version)
 	}
 	return nil
+}
+
+// entrypoint is the executable the final stage runs: the first element of its ENTRYPOINT (exec form),
+// else the destination of its last COPY from a build stage; "" when there is neither.
+func entrypoint(final *dockerfile.Stage) (string, error) {
+	entry := ""
+	for _, in := range final.Instr {
+		switch {
+		case in.Cmd == "ENTRYPOINT":
+			var argv []string
+			if err := json.Unmarshal([]byte(in.Args[0]), &argv); err != nil || len(argv) == 0 {
+				return "", fmt.Errorf("line %d: ENTRYPOINT must be the exec form, e.g. [\"/usr/local/bin/app\"]", in.Line)
+			}
+			return argv[0], nil
+		case in.Cmd == "COPY" && in.Flags["from"] != "":
+			entry = in.Args[len(in.Args)-1]
+		}
+	}
+	return entry, nil
 }
 
 // stage replays stage i: its COPY instructions and the RUN that builds Go code.

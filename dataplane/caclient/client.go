@@ -1,4 +1,4 @@
-package ca
+package caclient
 
 import (
 	"bytes"
@@ -385,7 +385,7 @@ func (b *trustBundle) reload(now time.Time, force bool) error {
 	if err != nil {
 		return fmt.Errorf("ca: root certificate file: %w", err)
 	}
-	if _, err := parseCerts(data); err != nil {
+	if _, err := ParseCerts(data); err != nil {
 		return fmt.Errorf("ca: root certificate file %s: %w", b.file, err)
 	}
 	b.modTime, b.size = info.ModTime(), info.Size()

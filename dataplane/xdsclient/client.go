@@ -1,4 +1,4 @@
-package xds
+package xdsclient
 
 import (
 	"context"
@@ -91,8 +91,8 @@ type Client struct {
 	syncOnce  sync.Once
 
 	// Owned by the Run goroutine.
-	versions   [numTypes]map[string]string
-	syncedType [numTypes]bool
+	versions   [NumTypes]map[string]string
+	syncedType [NumTypes]bool
 }
 
 // NewClient checks the options; Run connects.
@@ -105,7 +105,7 @@ func NewClient(opts ClientOptions) (*Client, error) {
 	case opts.Store == nil:
 		return nil, errors.New("xds client: Store is required")
 	}
-	if _, err := parseNode(&corev3.Node{Metadata: opts.Node.Metadata()}); err != nil {
+	if _, err := ParseNode(&corev3.Node{Metadata: opts.Node.Metadata()}); err != nil {
 		return nil, fmt.Errorf("xds client: Node: %w", err)
 	}
 	want, err := identity.Parse(opts.Identity)
@@ -119,7 +119,7 @@ func NewClient(opts ClientOptions) (*Client, error) {
 		opts.MaxBackoff = DefaultMaxBackoff
 	}
 	c := &Client{opts: opts, expected: want, log: opts.Logger.WithName("xds-client"), synced: make(chan struct{})}
-	for t := range numTypes {
+	for t := range NumTypes {
 		c.versions[t] = map[string]string{}
 	}
 	return c, nil
@@ -244,8 +244,8 @@ func (c *Client) stream(ctx context.Context) (healthy bool, err error) {
 		return false, err
 	}
 	node := &corev3.Node{Id: c.opts.Node.String(), Metadata: c.opts.Node.Metadata()}
-	for t := range numTypes {
-		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: typeURLs[t], ResourceNamesSubscribe: []string{"*"}}
+	for t := range NumTypes {
+		req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: TypeURLs[t], ResourceNamesSubscribe: []string{"*"}}
 		if t == 0 {
 			req.Node = node
 		}
@@ -276,7 +276,7 @@ func (c *Client) stream(ctx context.Context) (healthy bool, err error) {
 // NACK; the valid ones are applied.
 func (c *Client) handle(resp *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.DeltaDiscoveryRequest {
 	req := &discoveryv3.DeltaDiscoveryRequest{TypeUrl: resp.GetTypeUrl(), ResponseNonce: resp.GetNonce()}
-	t, ok := typeIndex(resp.GetTypeUrl())
+	t, ok := TypeIndex(resp.GetTypeUrl())
 	if !ok {
 		req.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: "unknown type " + resp.GetTypeUrl()}
 		return req
@@ -285,16 +285,16 @@ func (c *Client) handle(resp *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.D
 	var errs []error
 	for _, r := range resp.GetResources() {
 		if err := decodeInto(&d, t, r); err != nil {
-			errs = append(errs, &state.ResourceError{Type: typeNames[t], Key: r.GetName(), Err: err})
+			errs = append(errs, &state.ResourceError{Type: TypeNames[t], Key: r.GetName(), Err: err})
 		}
 	}
 	removed := resp.GetRemovedResources()
 	switch t {
-	case typeWorkload:
+	case TypeWorkload:
 		d.RemoveWorkloads = removed
-	case typeService:
+	case TypeService:
 		d.RemoveServices = removed
-	case typeAuthorization:
+	case TypeAuthorization:
 		d.RemovePolicies = removed
 	}
 	if err := c.opts.Store.Apply(d); err != nil {
@@ -320,14 +320,14 @@ func (c *Client) handle(resp *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.D
 		result = resultRejected
 		msg := errors.Join(errs...).Error()
 		req.ErrorDetail = &statuspb.Status{Code: int32(codes.InvalidArgument), Message: msg}
-		c.log.Info("Rejecting part of an xDS response (NACK); the valid resources were applied", "type", typeNames[t], "refused", len(refused), "error", msg)
+		c.log.Info("Rejecting part of an xDS response (NACK); the valid resources were applied", "type", TypeNames[t], "refused", len(refused), "error", msg)
 	}
 	if c.opts.Metrics != nil {
-		c.opts.Metrics.XDSUpdate(typeNames[t], result)
+		c.opts.Metrics.XDSUpdate(TypeNames[t], result)
 	}
 	if resp.GetSystemVersionInfo() == InitialSyncDone && !c.syncedType[t] {
 		c.syncedType[t] = true
-		if c.syncedType[typeWorkload] && c.syncedType[typeService] && c.syncedType[typeAuthorization] {
+		if c.syncedType[TypeWorkload] && c.syncedType[TypeService] && c.syncedType[TypeAuthorization] {
 			c.syncOnce.Do(func() { close(c.synced) })
 			c.log.Info("Received the full mesh state from the xDS server")
 		}
@@ -338,8 +338,8 @@ func (c *Client) handle(resp *discoveryv3.DeltaDiscoveryResponse) *discoveryv3.D
 // decodeInto decodes one resource into the delta, checking that its name matches its content.
 func decodeInto(d *state.Delta, t int, r *discoveryv3.Resource) error {
 	anyRes := r.GetResource()
-	if anyRes.GetTypeUrl() != typeURLs[t] {
-		return fmt.Errorf("resource type %q in a response of type %q", anyRes.GetTypeUrl(), typeURLs[t])
+	if anyRes.GetTypeUrl() != TypeURLs[t] {
+		return fmt.Errorf("resource type %q in a response of type %q", anyRes.GetTypeUrl(), TypeURLs[t])
 	}
 	check := func(m interface {
 		proto.Message
@@ -355,13 +355,13 @@ func decodeInto(d *state.Delta, t int, r *discoveryv3.Resource) error {
 		return nil
 	}
 	switch t {
-	case typeWorkload:
+	case TypeWorkload:
 		w := &api.Workload{}
 		if err := check(w); err != nil {
 			return err
 		}
 		d.Upsert.Workloads = append(d.Upsert.Workloads, w)
-	case typeService:
+	case TypeService:
 		s := &api.Service{}
 		if err := check(s); err != nil {
 			return err
