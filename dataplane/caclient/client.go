@@ -130,6 +130,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	opts := append([]grpc.DialOption{
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsConfig)),
 		grpc.WithPerRPCCredentials(tokenFile(cfg.TokenFile)),
+		// No service config from DNS: gRPC's resolver would otherwise wait for a TXT lookup
+		// (_grpc_config.<name>) before the first connect, seconds where DNS is slow or absent.
+		grpc.WithDisableServiceConfig(),
 		// Pings only while a call is open, no more often than gRPC servers accept by default (5 min).
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 5 * time.Minute, Timeout: 20 * time.Second}),
 		// Reconnect quickly: a proxy that starts while the CA's Service has no ready endpoint (a rollout

@@ -230,6 +230,9 @@ func (c *Client) stream(ctx context.Context) (healthy bool, err error) {
 		grpc.WithTransportCredentials(credentials.NewTLS(tlsCfg)),
 		grpc.WithKeepaliveParams(keepalive.ClientParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(DefaultMaxReceiveBytes)),
+		// No service config from DNS: gRPC's resolver would otherwise wait for a TXT lookup
+		// (_grpc_config.<name>) before the first connect, seconds where DNS is slow or absent.
+		grpc.WithDisableServiceConfig(),
 	}, c.opts.DialOptions...)
 	conn, err := grpc.NewClient(c.opts.Address, dial...)
 	if err != nil {

@@ -120,8 +120,8 @@ func (d *demo) tour() error {
 		return err
 	}
 	d.say("The operator creates the CA root, the xDS server and the node proxy DaemonSet; this cluster")
-	d.say("plays the kubelet and runs them as real ambient-dataplane processes from the pod specs the")
-	d.say("operator produced.")
+	d.say("plays the kubelet and runs them as real ambient-dataplane and ambient-proxy processes from the")
+	d.say("pod specs the operator produced.")
 	if err := d.waitFor("the mesh to be Ready", 3*time.Minute, func() (bool, error) {
 		m := &ambientv1alpha1.AmbientMesh{}
 		if err := c.Client.Get(ctx, client.ObjectKey{Name: "default"}, m); err != nil {

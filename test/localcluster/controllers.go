@@ -385,8 +385,9 @@ func (c *Cluster) syncServiceRules(ctx context.Context) error {
 		s := &slices.Items[i]
 		bySvc[s.Namespace+"/"+s.Labels[discoveryv1.LabelServiceName]] = s
 	}
-	var b strings.Builder
+	var b, reject strings.Builder
 	b.WriteString("*nat\n:LOCALCLUSTER-SERVICES - [0:0]\n")
+	reject.WriteString("*filter\n:LOCALCLUSTER-REJECT - [0:0]\n")
 	for _, s := range svcs.Items {
 		slice := bySvc[s.Namespace+"/"+s.Name]
 		if s.Spec.ClusterIP == "" || s.Spec.ClusterIP == corev1.ClusterIPNone || slice == nil {
@@ -400,6 +401,9 @@ func (c *Cluster) syncServiceRules(ctx context.Context) error {
 		}
 		for i, sp := range s.Spec.Ports {
 			if i >= len(slice.Ports) || len(eps) == 0 {
+				// As kube-proxy does: a service without a ready endpoint refuses at once, rather than
+				// leaving clients to time out on an address nothing answers.
+				fmt.Fprintf(&reject, "-A LOCALCLUSTER-REJECT -d %s/32 -p tcp --dport %d -j REJECT --reject-with tcp-reset\n", s.Spec.ClusterIP, sp.Port)
 				continue
 			}
 			target := *slice.Ports[i].Port
@@ -413,6 +417,8 @@ func (c *Cluster) syncServiceRules(ctx context.Context) error {
 		}
 	}
 	b.WriteString("COMMIT\n")
+	reject.WriteString("COMMIT\n")
+	b.WriteString(reject.String())
 	rules := b.String()
 	if rules == c.serviceRules {
 		return nil
@@ -435,9 +441,12 @@ func installServiceRules(rules string) error {
 	if err := runStdin(rules, "iptables-restore", "--noflush", "--wait"); err != nil {
 		return err
 	}
-	for _, chain := range []string{"PREROUTING", "OUTPUT"} {
-		if run("iptables", "-w", "-t", "nat", "-C", chain, "-j", "LOCALCLUSTER-SERVICES") != nil {
-			if err := run("iptables", "-w", "-t", "nat", "-A", chain, "-j", "LOCALCLUSTER-SERVICES"); err != nil {
+	for _, jump := range [][3]string{
+		{"nat", "PREROUTING", "LOCALCLUSTER-SERVICES"}, {"nat", "OUTPUT", "LOCALCLUSTER-SERVICES"},
+		{"filter", "FORWARD", "LOCALCLUSTER-REJECT"}, {"filter", "OUTPUT", "LOCALCLUSTER-REJECT"},
+	} {
+		if run("iptables", "-w", "-t", jump[0], "-C", jump[1], "-j", jump[2]) != nil {
+			if err := run("iptables", "-w", "-t", jump[0], "-A", jump[1], "-j", jump[2]); err != nil {
 				return err
 			}
 		}
