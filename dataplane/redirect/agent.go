@@ -164,6 +164,7 @@ func (a *Agent) Handle(ev PodEvent) error {
 				p.ips = append(p.ips, ip.Unmap())
 			}
 		}
+		a.rulesMu.Lock() // a rules change in progress may use the old namespace file
 		a.mu.Lock()
 		if old := a.pods[key]; old != nil {
 			_ = old.ns.Close()
@@ -179,6 +180,7 @@ func (a *Agent) Handle(ev PodEvent) error {
 			}
 		}
 		a.mu.Unlock()
+		a.rulesMu.Unlock()
 		a.Log.Info("Pod network namespace reported", "pod", key, "netns", ev.Netns, "ips", ev.IPs)
 		return a.captureAtStart(p)
 	case "DEL":
@@ -288,6 +290,8 @@ func (a *Agent) releaseNotInMesh() {
 }
 
 func (a *Agent) forget(key string) {
+	a.rulesMu.Lock() // a rules change in progress uses the namespace file: close it after
+	defer a.rulesMu.Unlock()
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if p := a.pods[key]; p != nil {
