@@ -208,9 +208,10 @@ func (a *Agent) captureAtStart(p *pod) error {
 		return nil
 	}
 	a.mu.Lock()
-	served := p.captured // the proxy got there first (Opened)
+	current := a.pods[p.key] == p // not deleted or replaced meanwhile (its namespace file is open)
+	served := p.captured          // the proxy got there first (Opened)
 	a.mu.Unlock()
-	if served {
+	if !current || served {
 		return nil
 	}
 	if err := Install(p.path(), a.Rules); err != nil {
