@@ -67,6 +67,9 @@ type Agent struct {
 	// (DefaultEnrollWait when zero). A pod known to be in the mesh is captured before its containers start;
 	// one still unknown then starts uncaptured and is captured once the proxy serves it.
 	EnrollWait time.Duration
+	// Synced, when set, is closed once Store holds the control plane's full state; the agent then removes
+	// the rules a predecessor left in pods that are not in the mesh (see sweep). Nil: no sweep.
+	Synced <-chan struct{}
 
 	mu   sync.Mutex
 	pods map[string]*pod // by namespace/name
@@ -110,6 +113,15 @@ func (a *Agent) Serve(ctx context.Context) error {
 	}
 	if a.Store != nil {
 		go a.releaseEarly(ctx)
+		if a.Synced != nil {
+			go func() {
+				select {
+				case <-ctx.Done():
+				case <-a.Synced:
+					a.sweep()
+				}
+			}()
+		}
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/pods", a.handleEvent)
@@ -288,6 +300,68 @@ func (a *Agent) releaseNotInMesh() {
 		a.mu.Unlock()
 		a.Log.Info("Released a pod captured at start: it is not in the mesh", "pod", p.key)
 	}
+}
+
+// sweep removes, once, the rules a predecessor left in pods of the node that the complete configuration
+// says are not in the mesh. A proxy that drains for its successor leaves every pod's rules in place (the
+// successor takes over its listeners); a pod that left the mesh during that hand-over would otherwise keep
+// redirecting to listeners that nobody opens. Pods of the mesh keep their rules: the proxy serves them.
+func (a *Agent) sweep() {
+	if err := a.scan(); err != nil {
+		a.Log.Error(err, "Looking for pods a predecessor left captured")
+		return
+	}
+	a.rulesMu.Lock()
+	defer a.rulesMu.Unlock()
+	snap := a.Store.Load()
+	type candidate struct {
+		p   *pod
+		key string // p.key when listed (podFor may claim a scanned pod meanwhile, under mu)
+	}
+	a.mu.Lock()
+	pods := make([]candidate, 0, len(a.pods))
+	for _, p := range a.pods {
+		pods = append(pods, candidate{p, p.key})
+	}
+	a.mu.Unlock()
+	for _, c := range pods {
+		p := c.p
+		if w := workloadOf(snap, c.key, p.ips); w != nil && capturable(w) {
+			continue
+		}
+		if ok, err := Installed(p.path()); err == nil && ok {
+			if err := Remove(p.path()); err != nil {
+				a.Log.Error(err, "Removing the redirection a predecessor left in a pod that is not in the mesh", "pod", p.key, "addresses", p.ips)
+				continue
+			}
+			a.mu.Lock()
+			p.captured, p.early = false, false
+			a.mu.Unlock()
+			a.Log.Info("Removed the redirection a predecessor left in a pod that is not in the mesh", "pod", p.key, "addresses", p.ips)
+		}
+		// Found by the scan and not in the mesh: the proxy will not claim it (a pod that joins later is
+		// found by a new scan), so do not hold its namespace open.
+		a.mu.Lock()
+		if p.key == "" {
+			_ = p.ns.Close()
+			delete(a.pods, "scan:"+p.id.String())
+		}
+		a.mu.Unlock()
+	}
+}
+
+// workloadOf is the workload of a pod the agent knows: by name (key) when the CNI plugin reported it or
+// the proxy claimed it, else by one of the addresses found in its namespace.
+func workloadOf(snap *state.Snapshot, key string, ips []netip.Addr) *state.Workload {
+	if key != "" {
+		return snap.Workload(key)
+	}
+	for _, ip := range ips {
+		if w := snap.WorkloadByAddr(ip); w != nil {
+			return w
+		}
+	}
+	return nil
 }
 
 func (a *Agent) forget(key string) {

@@ -321,6 +321,39 @@ func TestCaptureAtPodStart(t *testing.T) {
 	g.Expect(roundTrip(c, "out", len("echo:out"))).To(Equal("echo:out"))
 }
 
+func TestSuccessorRemovesRulesOfPodsThatLeftTheMesh(t *testing.T) {
+	needRoot(t)
+	g := NewWithT(t)
+	p := newPods(t)
+	// A predecessor captured both pods and drained, leaving their rules for its successor; meanwhile the
+	// client left the mesh.
+	for _, ns := range []string{p.a, p.b} {
+		g.Expect(Install(nsPath(ns), rules)).To(Succeed())
+	}
+	store := state.NewStore("cluster.local")
+	g.Expect(store.Replace(workloads(p, api.TunnelProtocol_NONE))).To(Succeed())
+	// The runtime's namespace directory, holding only this test's pods.
+	netnsDir := t.TempDir()
+	for _, ns := range []string{p.a, p.b} {
+		g.Expect(os.Symlink(nsPath(ns), filepath.Join(netnsDir, ns))).To(Succeed())
+	}
+	synced := make(chan struct{})
+	agent := &Agent{Socket: filepath.Join(t.TempDir(), "cni.sock"), Rules: rules, Log: logr.Discard(), Store: store,
+		NetnsDir: netnsDir, ProcRoot: t.TempDir(), Synced: synced}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = agent.Serve(ctx) }()
+	defer func() { cancel(); <-done; agent.Close() }()
+
+	installed := func(ns string) func() bool {
+		return func() bool { ok, _ := Installed(nsPath(ns)); return ok }
+	}
+	g.Consistently(installed(p.a), 300*time.Millisecond).Should(BeTrue(), "nothing is removed before the configuration is complete")
+	close(synced)
+	g.Eventually(installed(p.a), 10*time.Second).Should(BeFalse(), "the client is not in the mesh: its rules go")
+	g.Expect(installed(p.b)()).To(BeTrue(), "the server is in the mesh: the proxy serves it, its rules stay")
+}
+
 func TestAgentFindsPodsItWasNotToldAbout(t *testing.T) {
 	needRoot(t)
 	g := NewWithT(t)

@@ -74,6 +74,12 @@ func (rt *proxyRuntime) nodeNetwork(ctx context.Context, cniSocket, netnsDir str
 		Log:      rt.log.WithName("agent"),
 		Store:    rt.store,
 		NetnsDir: netnsDir,
+		Synced:   rt.synced,
+	}
+	if agent.Synced == nil { // a static configuration is complete once loaded
+		done := make(chan struct{})
+		close(done)
+		agent.Synced = done
 	}
 	go func() {
 		if err := agent.Serve(ctx); err != nil {
