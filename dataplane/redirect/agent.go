@@ -106,11 +106,25 @@ func (a *Agent) Serve(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(a.Socket), 0o750); err != nil {
 		return fmt.Errorf("create socket directory: %w", err)
 	}
+	// A successor (the next node proxy, started beside this one during an upgrade) takes the socket's path
+	// over; this agent's listener must then not unlink the path when it closes, which would leave the CNI
+	// plugin without an agent. It removes the file at the end only if it is still its own.
 	_ = os.Remove(a.Socket)
 	l, err := net.Listen("unix", a.Socket)
 	if err != nil {
 		return fmt.Errorf("listen on %s: %w", a.Socket, err)
 	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	own, err := os.Stat(a.Socket)
+	if err != nil {
+		_ = l.Close()
+		return fmt.Errorf("listen on %s: %w", a.Socket, err)
+	}
+	defer func() {
+		if cur, err := os.Stat(a.Socket); err == nil && os.SameFile(own, cur) {
+			_ = os.Remove(a.Socket)
+		}
+	}()
 	if a.Store != nil {
 		go a.releaseEarly(ctx)
 		if a.Synced != nil {

@@ -469,6 +469,41 @@ func TestCNIPluginTellsTheAgent(t *testing.T) {
 	g.Expect(cmdDel(refused)).To(Succeed(), "a deletion never fails on the agent")
 }
 
+// TestSuccessorKeepsTheAgentSocket: during an upgrade the next node proxy's agent takes the socket path
+// over while the old one still runs; the old one stopping must not take the path with it.
+func TestSuccessorKeepsTheAgentSocket(t *testing.T) {
+	needRoot(t)
+	g := NewWithT(t)
+	p := newPods(t)
+	socket := filepath.Join(t.TempDir(), "cni.sock")
+	start := func() (*Agent, func()) {
+		agent := &Agent{Socket: socket, Rules: rules, Log: logr.Discard(), Store: state.NewStore("cluster.local"), EnrollWait: time.Millisecond}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); _ = agent.Serve(ctx) }()
+		return agent, func() { cancel(); <-done; agent.Close() }
+	}
+	add := PodEvent{Command: "ADD", Namespace: "default", Name: "client", Netns: nsPath(p.a)}
+	old, stopOld := start()
+	g.Eventually(func() error { return notify(socket, add) }).Should(Succeed())
+	g.Expect(old.Pods()).To(HaveKey("default/client"))
+
+	successor, stopSuccessor := start()
+	defer stopSuccessor()
+	g.Eventually(func() error { return notify(socket, add) }).Should(Succeed())
+	g.Eventually(successor.Pods).Should(HaveKey("default/client"), "the plugin reaches the successor")
+	stopOld()
+	_, err := os.Stat(socket)
+	g.Expect(err).NotTo(HaveOccurred(), "the old agent left the successor's socket in place")
+	add.Name = "server"
+	g.Expect(notify(socket, add)).To(Succeed())
+	g.Expect(successor.Pods()).To(HaveKey("default/server"))
+
+	stopSuccessor()
+	_, err = os.Stat(socket)
+	g.Expect(os.IsNotExist(err)).To(BeTrue(), "the last agent removes its socket")
+}
+
 func captureStdout(t *testing.T, f func()) []byte {
 	t.Helper()
 	r, w, err := os.Pipe()
