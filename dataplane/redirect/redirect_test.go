@@ -488,12 +488,16 @@ func TestSuccessorKeepsTheAgentSocket(t *testing.T) {
 	g.Eventually(func() error { return notify(socket, add) }).Should(Succeed())
 	g.Expect(old.Pods()).To(HaveKey("default/client"))
 
+	oldSocket, err := os.Stat(socket)
+	g.Expect(err).NotTo(HaveOccurred())
 	successor, stopSuccessor := start()
 	defer stopSuccessor()
+	// The successor has taken the path over once it names another file.
+	g.Eventually(func() bool { cur, err := os.Stat(socket); return err == nil && !os.SameFile(cur, oldSocket) }).Should(BeTrue())
 	g.Eventually(func() error { return notify(socket, add) }).Should(Succeed())
-	g.Eventually(successor.Pods).Should(HaveKey("default/client"), "the plugin reaches the successor")
+	g.Expect(successor.Pods()).To(HaveKey("default/client"), "the plugin reaches the successor")
 	stopOld()
-	_, err := os.Stat(socket)
+	_, err = os.Stat(socket)
 	g.Expect(err).NotTo(HaveOccurred(), "the old agent left the successor's socket in place")
 	add.Name = "server"
 	g.Expect(notify(socket, add)).To(Succeed())
