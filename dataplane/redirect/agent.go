@@ -106,6 +106,10 @@ func (a *Agent) Serve(ctx context.Context) error {
 	if err := os.MkdirAll(filepath.Dir(a.Socket), 0o750); err != nil {
 		return fmt.Errorf("create socket directory: %w", err)
 	}
+	var changed <-chan struct{} // subscribed before the socket exists: no snapshot after it is missed
+	if a.Store != nil {
+		changed = a.Store.Subscribe()
+	}
 	// A successor (the next node proxy, started beside this one during an upgrade) takes the socket's path
 	// over; this agent's listener must then not unlink the path when it closes, which would leave the CNI
 	// plugin without an agent. It removes the file at the end only if it is still its own.
@@ -126,7 +130,7 @@ func (a *Agent) Serve(ctx context.Context) error {
 		}
 	}()
 	if a.Store != nil {
-		go a.releaseEarly(ctx)
+		go a.releaseEarly(ctx, changed)
 		if a.Synced != nil {
 			go func() {
 				select {
@@ -278,8 +282,7 @@ func (a *Agent) awaitWorkload(key string) *state.Workload {
 // releaseEarly removes the rules of pods captured at start that the configuration then says are not in
 // the mesh (or no longer there) before the proxy took them over, so that they are not left without a
 // path. It runs until ctx ends.
-func (a *Agent) releaseEarly(ctx context.Context) {
-	changed := a.Store.Subscribe()
+func (a *Agent) releaseEarly(ctx context.Context, changed <-chan struct{}) {
 	for {
 		select {
 		case <-ctx.Done():

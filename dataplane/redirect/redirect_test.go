@@ -283,6 +283,7 @@ func TestCaptureAtPodStart(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = agent.Serve(ctx) }()
 	defer func() { cancel(); <-done; agent.Close() }()
+	g.Eventually(func() error { _, err := os.Stat(agent.Socket); return err }).Should(Succeed())
 
 	// A pod of the mesh is captured before the ADD returns. No proxy serves it yet: its connections are
 	// refused instead of leaving the pod in plaintext.
